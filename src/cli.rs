@@ -1,0 +1,122 @@
+//! Command line: fuse-overlayfs and mount(8) compatible.
+//!
+//! `plyfs [-f] [-d] -o lowerdir=A:B,upperdir=U,workdir=W MOUNTPOINT`
+//! `plyfs SOURCE MOUNTPOINT -o ...` (what `mount -t fuse.plyfs` runs)
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::daemon::MountRequest;
+use crate::options::MountOptions;
+
+const AFTER_HELP: &str = "\
+Mount options (-o, comma separated):
+  lowerdir=A:B:C      read-only layers, leftmost on top (\\: escapes a colon)
+  upperdir=DIR        writable layer (needs workdir); without it the mount is read-only
+  workdir=DIR         empty directory on the upper's filesystem, for staging
+  volatile, fsync=0   never fsync (for throwaway containers)
+  userxattr           write user.overlay.* markers instead of trusted.overlay.*
+  uidmapping=C:H:S[:C:H:S...], gidmapping=...   show host id H+i as C+i
+  squash_to_root, squash_to_uid=N, squash_to_gid=N   show every file as owned by N
+  static_nlink        report directory link counts as 1
+  noacl               disable POSIX ACLs
+  xino=off|auto|on, ino32_t   inode number layout
+  timeout=SECONDS     kernel cache timeout for names and attributes
+  threads=N           worker threads (default: one per CPU)
+  passthrough=on|off, writeback=on|off   I/O modes (default: automatic)
+  allow_other, allow_root, default_permissions, auto_unmount, fsname=, subtype=
+  ro, nodev, nosuid, noexec, noatime, sync, dirsync
+Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..., private, ...
+
+Examples:
+  plyfs -o lowerdir=/img/top:/img/base,upperdir=/c/diff,workdir=/c/work /c/merged
+  mount -t fuse.plyfs overlay /c/merged -o lowerdir=...,upperdir=...,workdir=...
+";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "plyfs",
+    version,
+    about = "A userspace union filesystem, interchangeable with kernel overlayfs",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Stay in the foreground
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+
+    /// Debug logging (implies -f)
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+
+    /// Single-threaded (accepted for libfuse compatibility)
+    #[arg(short = 's')]
+    pub single_threaded: bool,
+
+    /// Mount options, comma separated (may be repeated)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<OsString>,
+
+    /// Lower directories, top first (repeatable, or colon separated)
+    #[arg(long, value_name = "DIR")]
+    pub lower: Vec<OsString>,
+
+    /// Upper (writable) directory
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+
+    /// Work directory (same filesystem as the upper directory)
+    #[arg(long, value_name = "DIR")]
+    pub work: Option<PathBuf>,
+
+    /// [SOURCE] MOUNTPOINT
+    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    pub paths: Vec<OsString>,
+}
+
+impl Cli {
+    /// Turns the parsed command line into a mount request.
+    pub fn into_request(self) -> Result<MountRequest, String> {
+        let mut o = MountOptions::default();
+        for opt in &self.options {
+            o.apply_str(opt.as_bytes())?;
+        }
+        if !self.lower.is_empty() {
+            let mut lowers = Vec::new();
+            for l in &self.lower {
+                for p in crate::options::split_lowerdir(l.as_bytes()) {
+                    lowers.push(PathBuf::from(OsString::from(std::ffi::OsStr::from_bytes(
+                        &p,
+                    ))));
+                }
+            }
+            o.lowers = lowers;
+        }
+        if let Some(u) = self.upper {
+            o.upper = Some(u);
+        }
+        if let Some(w) = self.work {
+            o.work = Some(w);
+        }
+        if self.debug {
+            o.debug = true;
+        }
+        if self.single_threaded {
+            o.threads = Some(1);
+        }
+        let (source, mountpoint) = match self.paths.as_slice() {
+            [m] => (None, m.clone()),
+            [s, m] => (Some(s.to_string_lossy().into_owned()), m.clone()),
+            _ => return Err("expected [SOURCE] MOUNTPOINT".into()),
+        };
+        Ok(MountRequest {
+            foreground: self.foreground || o.debug,
+            options: o,
+            source,
+            mountpoint: PathBuf::from(mountpoint),
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! Copy-up: making a lower object exist in the upper layer.
+//!
+//! The copy is built under a temporary name in the work directory (data,
+//! owner, xattrs, `overlay.origin`, mode, times, fsync) and renamed into its
+//! place, so a crash leaves either no upper object or a complete one.
+//! Parents are copied first. One node is copied by one thread at a time;
+//! others wait and find the copy done.
+//!
+//! Locking: a node's `copy_lock` may be held while taking its parent's
+//! `dir_lock` (for the final rename); never the reverse, so namespace
+//! operations copy their operands up before they lock directories.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::fs::{Plyfs, Result};
+use crate::lower::LowerObj;
+use crate::names::Name;
+use crate::node::Node;
+use crate::origin;
+use crate::ovl_xattr;
+use crate::sys::{self, Errno, fs::Stat, fs::TimeSpec};
+
+/// Size of each chunk for the read/write fallback.
+const CHUNK: usize = 1 << 20;
+
+impl Plyfs {
+    /// Ensures `node` exists in the upper layer, copying it (and its parent
+    /// directories) up if needed.
+    pub fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up_opts(node, true)
+    }
+
+    /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
+    /// (the caller truncates the file to zero right after).
+    pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
+        if node.has_upper() {
+            return Ok(());
+        }
+        self.upper_layer()?;
+        let (parent, name) = self.parent_of(node)?;
+        self.copy_up(&parent)?;
+        let _g = node.copy_lock.lock();
+        if node.has_upper() {
+            return Ok(());
+        }
+        let lower = node
+            .state
+            .read()
+            .lowers
+            .first()
+            .cloned()
+            .ok_or(Errno::EIO)?;
+        self.copy_up_locked(node, &parent, &name, &lower, data)
+    }
+
+    fn copy_up_locked(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &Name,
+        lower: &Arc<LowerObj>,
+        data: bool,
+    ) -> Result<()> {
+        let work = self.work()?;
+        let (lpfd, lname) = lower.locate()?;
+        let st = sys::fs::lstatat(lpfd.as_fd(), lname.as_cstr())?;
+        if st.file_type() != node.kind {
+            log::warn!("lower object of {node:?} changed type under the mount");
+            return Err(Errno::ESTALE);
+        }
+        let tmp = work.temp_name()?;
+        let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data);
+        if let Err(e) = staged {
+            work.discard(&tmp);
+            return Err(e);
+        }
+        let pfd = self.upper_dir_fd(parent)?;
+        let placed = {
+            let _pg = parent.dir_lock.lock();
+            self.place_staged(&pfd, &tmp, name, parent)
+        };
+        let new = match placed {
+            Ok(st) => st,
+            Err(e) => {
+                work.discard(&tmp);
+                return Err(if e.code() == libc::EEXIST {
+                    // Something else appeared at the name meanwhile.
+                    Errno::ENOENT
+                } else {
+                    e
+                });
+            }
+        };
+        let ident = (new.dev, new.ino);
+        node.state.write().upper = Some(ident);
+        self.inos.alias(ident, node.ino);
+        log::debug!("copied up {node:?} as {name:?}");
+        Ok(())
+    }
+
+    /// Renames a staged object into `parent` as `name`, keeping the parent's
+    /// timestamps and marking it impure. Returns the placed object's stat.
+    /// The caller holds the parent's `dir_lock`.
+    fn place_staged(
+        &self,
+        pfd: &Arc<OwnedFd>,
+        tmp: &Name,
+        name: &Name,
+        parent: &Arc<Node>,
+    ) -> Result<Stat> {
+        let work = self.work()?;
+        let pst = sys::fs::fstat(pfd.as_fd())?;
+        sys::fs::renameat2(
+            work.fd(),
+            tmp.as_cstr(),
+            pfd.as_fd(),
+            name.as_cstr(),
+            sys::fs::RENAME_NOREPLACE,
+        )?;
+        // Like the kernel, a copy-up does not change the parent's times.
+        let _ = sys::fs::utimensat(
+            pfd.as_fd(),
+            c"",
+            TimeSpec::Set(pst.atime.0, pst.atime.1),
+            TimeSpec::Set(pst.mtime.0, pst.mtime.1),
+        );
+        self.mark_impure(parent, pfd);
+        parent.touch_version();
+        sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
+    }
+
+    /// Sets `overlay.impure=y` on an upper directory: it now holds entries
+    /// whose inode numbers come from `overlay.origin`.
+    pub fn mark_impure(&self, dir: &Arc<Node>, dfd: &Arc<OwnedFd>) {
+        if dir.state.read().impure {
+            return;
+        }
+        let attr = self.cfg.prefix.name(ovl_xattr::IMPURE);
+        let res = sys::fs::openat(dfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|d| sys::xattr::fset(d.as_fd(), &attr, b"y", 0));
+        match res {
+            Ok(()) => dir.state.write().impure = true,
+            Err(e) => log::debug!("cannot mark {dir:?} impure: {e:?}"),
+        }
+    }
+
+    /// Builds the copy of the lower object `lname` (in `lpfd`, with stat
+    /// `st`) as `tmp` in the work directory.
+    fn stage_copy(
+        &self,
+        lpfd: BorrowedFd<'_>,
+        lname: &Name,
+        st: &Stat,
+        tmp: &Name,
+        data: bool,
+    ) -> Result<()> {
+        let wfd = self.work()?.fd();
+        let perm = st.mode & 0o7777;
+        match st.file_type() {
+            libc::S_IFREG => {
+                let out = sys::fs::openat(
+                    wfd,
+                    tmp.as_cstr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o600,
+                )?;
+                if data && st.size > 0 {
+                    let input = open_lower_for_read(lpfd, lname)?;
+                    copy_data(input.as_fd(), out.as_fd(), st.size)?;
+                }
+                self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                sys::fs::fchmod(out.as_fd(), perm)?;
+                sys::fs::futimens(
+                    out.as_fd(),
+                    TimeSpec::Set(st.atime.0, st.atime.1),
+                    TimeSpec::Set(st.mtime.0, st.mtime.1),
+                )?;
+                if !self.cfg.volatile {
+                    sys::io::fsync(out.as_fd(), false)?;
+                }
+            }
+            libc::S_IFDIR => {
+                sys::fs::mkdirat(wfd, tmp.as_cstr(), 0o700)?;
+                self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                sys::fs::chmodat(wfd, tmp.as_cstr(), perm)?;
+                set_times(wfd, tmp, st)?;
+            }
+            libc::S_IFLNK => {
+                let target = sys::fs::readlinkat(lpfd, lname.as_cstr())?;
+                let target = std::ffi::CString::new(target).map_err(|_| Errno::EINVAL)?;
+                sys::fs::symlinkat(&target, wfd, tmp.as_cstr())?;
+                self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                set_times(wfd, tmp, st)?;
+            }
+            kind => {
+                sys::fs::mknodat(wfd, tmp.as_cstr(), kind | 0o600, st.rdev)?;
+                self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                sys::fs::chmodat(wfd, tmp.as_cstr(), perm)?;
+                set_times(wfd, tmp, st)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, xattrs and `overlay.origin` of a staged copy.
+    fn copy_meta(
+        &self,
+        lpfd: BorrowedFd<'_>,
+        lname: &Name,
+        st: &Stat,
+        wfd: BorrowedFd<'_>,
+        tmp: &Name,
+    ) -> Result<()> {
+        match sys::fs::lchownat(wfd, tmp.as_cstr(), st.uid, st.gid) {
+            Ok(()) => {}
+            // An unprivileged daemon keeps files as its own; the kernel
+            // would refuse such a mount altogether.
+            Err(e) if e.code() == libc::EPERM && !self.cfg.can_chown => {}
+            Err(e) => return Err(e),
+        }
+        copy_xattrs(lpfd, lname, wfd, tmp)?;
+        if let Ok(h) = sys::handle::name_to_handle_at(lpfd, lname.as_cstr()) {
+            let uuid = self.lower_uuid_for(st.dev);
+            if let Some(v) = origin::encode(&h, &uuid) {
+                let attr = self.cfg.prefix.name(ovl_xattr::ORIGIN);
+                if let Err(e) = sys::xattr::set_at(wfd, tmp.as_cstr(), &attr, &v, 0) {
+                    log::debug!("cannot record origin of {tmp:?}: {e:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
+        self.lowers
+            .iter()
+            .find(|l| l.root.dev == dev)
+            .map(|l| l.uuid)
+            .unwrap_or([0; 16])
+    }
+}
+
+fn set_times(wfd: BorrowedFd<'_>, tmp: &Name, st: &Stat) -> Result<()> {
+    sys::fs::utimensat(
+        wfd,
+        tmp.as_cstr(),
+        TimeSpec::Set(st.atime.0, st.atime.1),
+        TimeSpec::Set(st.mtime.0, st.mtime.1),
+    )
+}
+
+/// Opens a lower regular file for reading without following symlinks,
+/// without updating its atime when allowed.
+pub fn open_lower_for_read(lpfd: BorrowedFd<'_>, lname: &Name) -> Result<OwnedFd> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
+    match sys::fs::openat(lpfd, lname.as_cstr(), flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => sys::fs::openat(lpfd, lname.as_cstr(), flags, 0),
+        other => other,
+    }
+}
+
+/// Copies every xattr but overlay markers; attributes the target refuses
+/// (trusted.* without privilege, user.* on symlinks) are skipped.
+pub fn copy_xattrs(
+    sfd: BorrowedFd<'_>,
+    sname: &Name,
+    dfd: BorrowedFd<'_>,
+    dname: &Name,
+) -> Result<()> {
+    let list = match sys::xattr::list_at(sfd, sname.as_cstr()) {
+        Ok(l) => l,
+        Err(e) if e.code() == libc::ENOTSUP => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for attr in sys::xattr::split_list(&list) {
+        if ovl_xattr::is_marker(attr) {
+            continue;
+        }
+        let Ok(cattr) = std::ffi::CString::new(attr) else {
+            continue;
+        };
+        let value = match sys::xattr::get_at(sfd, sname.as_cstr(), &cattr) {
+            Ok(v) => v,
+            Err(e) if e.code() == libc::ENODATA => continue,
+            Err(e) => return Err(e),
+        };
+        match sys::xattr::set_at(dfd, dname.as_cstr(), &cattr, &value, 0) {
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), libc::EPERM | libc::ENOTSUP | libc::EACCES) => {
+                log::debug!(
+                    "xattr {:?} not copied: {e:?}",
+                    String::from_utf8_lossy(attr)
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copies `size` bytes of file data: shares extents when the filesystem
+/// can (FICLONE), else copies only the data segments so holes stay holes,
+/// with `copy_file_range` or plain reads and writes.
+pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> Result<()> {
+    if sys::io::ficlone(out, input).is_ok() {
+        return Ok(());
+    }
+    let mut use_cfr = true;
+    let mut pos: u64 = 0;
+    while pos < size {
+        let data = match sys::io::lseek(input, pos as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            // No data after `pos`: the rest is a hole.
+            Err(e) if e.code() == libc::ENXIO => break,
+            // No hole support: treat the file as one data segment.
+            Err(_) => pos,
+        };
+        let hole = match sys::io::lseek(input, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(size),
+            Err(_) => size,
+        };
+        let mut off = data;
+        while off < hole {
+            let want = ((hole - off) as usize).min(CHUNK * 16);
+            let n = if use_cfr {
+                match sys::io::copy_file_range(input, off, out, off, want) {
+                    Ok(n) => n,
+                    Err(e)
+                        if matches!(
+                            e.code(),
+                            libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP
+                        ) =>
+                    {
+                        use_cfr = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                copy_chunk(input, out, off, want.min(CHUNK))?
+            };
+            if n == 0 {
+                // The file shrank under us: stop at what exists.
+                break;
+            }
+            off += n as u64;
+        }
+        if hole <= pos {
+            break;
+        }
+        pos = hole;
+    }
+    // Trailing holes and the exact size.
+    sys::io::ftruncate(out, size)
+}
+
+fn copy_chunk(input: BorrowedFd<'_>, out: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize> {
+    let mut buf = vec![0u8; len];
+    let n = sys::io::pread_full(input, &mut buf, off)?;
+    sys::io::pwrite_all(out, &buf[..n], off)?;
+    Ok(n)
+}

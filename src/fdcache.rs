@@ -1,0 +1,200 @@
+//! A bounded cache of `O_PATH` directory descriptors.
+//!
+//! Directories are reached through cached descriptors so that a lookup costs
+//! one `fstatat`. The kernel may keep far more inodes alive than the process
+//! may open files (the hard limit is 20000 on our machines for unprivileged
+//! users), so cached descriptors are counted against a budget and evicted
+//! with a clock sweep; an evicted directory is reopened from its parent by
+//! name (one component, `O_NOFOLLOW`) and checked against its inode number.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+/// Something that owns an [`FdSlot`] the sweep may empty.
+pub trait FdHolder: Send + Sync {
+    fn slot(&self) -> &FdSlot;
+}
+
+static BUDGET: AtomicUsize = AtomicUsize::new(8192);
+static CACHED: AtomicUsize = AtomicUsize::new(0);
+static SWEEPING: AtomicBool = AtomicBool::new(false);
+static QUEUE: Mutex<VecDeque<Weak<dyn FdHolder>>> = Mutex::new(VecDeque::new());
+
+/// Sets how many descriptors the cache may hold (from the open-file limit).
+pub fn set_budget(n: usize) {
+    BUDGET.store(n.max(64), Ordering::Relaxed);
+}
+
+pub fn budget() -> usize {
+    BUDGET.load(Ordering::Relaxed)
+}
+
+/// Number of evictable descriptors currently cached.
+pub fn cached() -> usize {
+    CACHED.load(Ordering::Relaxed)
+}
+
+/// One cached descriptor. Pinned slots (layer roots) are never evicted and
+/// not counted.
+pub struct FdSlot {
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    used: AtomicBool,
+    pinned: bool,
+}
+
+impl Default for FdSlot {
+    fn default() -> Self {
+        FdSlot::empty()
+    }
+}
+
+impl FdSlot {
+    pub fn empty() -> FdSlot {
+        FdSlot {
+            fd: Mutex::new(None),
+            used: AtomicBool::new(false),
+            pinned: false,
+        }
+    }
+
+    pub fn pinned(fd: Arc<OwnedFd>) -> FdSlot {
+        FdSlot {
+            fd: Mutex::new(Some(fd)),
+            used: AtomicBool::new(true),
+            pinned: true,
+        }
+    }
+
+    /// The cached descriptor, if any; marks the slot recently used.
+    pub fn get(&self) -> Option<Arc<OwnedFd>> {
+        let fd = self.fd.lock().clone();
+        if fd.is_some() && !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        fd
+    }
+
+    /// Caches `fd` unless another thread was faster; returns the cached one.
+    /// `holder` is the owner of this slot, so the sweep can find it later.
+    pub fn fill(&self, fd: OwnedFd, holder: Weak<dyn FdHolder>) -> Arc<OwnedFd> {
+        let fd = {
+            let mut g = self.fd.lock();
+            if let Some(existing) = g.as_ref() {
+                return existing.clone();
+            }
+            let fd = Arc::new(fd);
+            *g = Some(fd.clone());
+            fd
+        };
+        self.used.store(true, Ordering::Relaxed);
+        if !self.pinned {
+            let n = CACHED.fetch_add(1, Ordering::Relaxed) + 1;
+            QUEUE.lock().push_back(holder);
+            if n > budget() {
+                sweep();
+            }
+        }
+        fd
+    }
+
+    /// Replaces the cached descriptor (after the object was recreated).
+    pub fn clear(&self) {
+        let old = self.fd.lock().take();
+        if old.is_some() && !self.pinned {
+            CACHED.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(old);
+    }
+
+    fn evict_if_unused(&self) -> bool {
+        if self.pinned {
+            return false;
+        }
+        if self.used.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        let old = self.fd.lock().take();
+        if old.is_some() {
+            CACHED.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Closing happens here, outside every lock.
+        drop(old);
+        true
+    }
+
+    fn is_filled(&self) -> bool {
+        self.fd.lock().is_some()
+    }
+}
+
+impl Drop for FdSlot {
+    fn drop(&mut self) {
+        if !self.pinned && self.fd.get_mut().is_some() {
+            CACHED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Evicts descriptors not used since the last pass until the cache is back
+/// under 7/8 of its budget. One thread sweeps at a time; the queue lock is
+/// held only to pop or push one entry.
+fn sweep() {
+    if SWEEPING.swap(true, Ordering::Acquire) {
+        return;
+    }
+    let target = budget() / 8 * 7;
+    let mut budget_steps = QUEUE.lock().len() * 2 + 16;
+    while CACHED.load(Ordering::Relaxed) > target && budget_steps > 0 {
+        budget_steps -= 1;
+        let Some(weak) = QUEUE.lock().pop_front() else {
+            break;
+        };
+        let Some(holder) = weak.upgrade() else {
+            continue;
+        };
+        let slot = holder.slot();
+        if !slot.is_filled() {
+            continue;
+        }
+        if !slot.evict_if_unused() {
+            QUEUE.lock().push_back(weak);
+        }
+        // `holder` may be the last reference: drop it outside the queue lock.
+        drop(holder);
+    }
+    SWEEPING.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct H(FdSlot);
+    impl FdHolder for H {
+        fn slot(&self) -> &FdSlot {
+            &self.0
+        }
+    }
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn cache_stays_within_budget() {
+        set_budget(64);
+        let holders: Vec<Arc<H>> = (0..400).map(|_| Arc::new(H(FdSlot::empty()))).collect();
+        for h in &holders {
+            let w: Weak<dyn FdHolder> = Arc::downgrade(h) as Weak<dyn FdHolder>;
+            h.0.fill(devnull(), w);
+        }
+        let filled = holders.iter().filter(|h| h.0.is_filled()).count();
+        assert!(filled <= 64 + 1, "filled {filled}");
+        drop(holders);
+        set_budget(8192);
+    }
+}

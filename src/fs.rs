@@ -1,0 +1,290 @@
+//! The union filesystem's shared state and the helpers every operation
+//! uses: finding nodes, reaching their real objects, and reporting
+//! attributes. The operations themselves live in `ops/`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Weak;
+use std::time::Duration;
+
+use fuser::FileAttr;
+
+use crate::attr::{self, AttrOpts};
+use crate::fdcache::FdHolder;
+use crate::handles::Handles;
+use crate::idmap::IdMap;
+use crate::ino::{self, InoMap};
+use crate::lower::LowerObj;
+use crate::names::Name;
+use crate::node::{Alias, Node, NodeState};
+use crate::ovl_xattr::Prefix;
+use crate::sys::{self, Errno, fs::Stat};
+use crate::table::Table;
+use crate::workdir::WorkDir;
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// Behaviour fixed at mount time.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Prefix of the overlay markers this mount writes.
+    pub prefix: Prefix,
+    /// Skip fsync (podman's `volatile`).
+    pub volatile: bool,
+    /// Entry and attribute cache timeout handed to the kernel.
+    pub ttl: Duration,
+    /// The daemon may change file owners (it is root, perhaps in a user
+    /// namespace).
+    pub can_chown: bool,
+    pub euid: u32,
+    pub egid: u32,
+    pub uids: IdMap,
+    pub gids: IdMap,
+    pub static_nlink: bool,
+    pub noacl: bool,
+    pub xattr_permissions: u8,
+}
+
+/// The writable layer and its work directory.
+pub struct UpperLayer {
+    pub path: PathBuf,
+    pub root: Arc<OwnedFd>,
+    pub dev: u64,
+    pub work: WorkDir,
+}
+
+/// One read-only layer.
+pub struct LowerLayer {
+    pub path: PathBuf,
+    pub root: Arc<LowerObj>,
+    pub fs_magic: i64,
+    pub uuid: [u8; 16],
+}
+
+pub struct Plyfs {
+    pub cfg: Config,
+    pub upper: Option<UpperLayer>,
+    pub lowers: Vec<LowerLayer>,
+    pub table: Table,
+    pub inos: InoMap,
+    pub handles: Handles,
+}
+
+impl Plyfs {
+    /// Builds the filesystem over opened layers and installs the root node.
+    pub fn new(
+        cfg: Config,
+        upper: Option<UpperLayer>,
+        lowers: Vec<LowerLayer>,
+        ino32: bool,
+    ) -> Result<Plyfs> {
+        let mut devs = Vec::new();
+        if let Some(u) = &upper {
+            devs.push(u.dev);
+        }
+        devs.extend(lowers.iter().map(|l| l.root.dev));
+        let fs = Plyfs {
+            cfg,
+            upper,
+            lowers,
+            table: Table::new(),
+            inos: InoMap::new(&devs, ino32),
+            handles: Handles::new(),
+        };
+        let root = fs.make_root()?;
+        fs.table.insert_pinned(root);
+        Ok(fs)
+    }
+
+    fn make_root(&self) -> Result<Arc<Node>> {
+        let mut state = NodeState::default();
+        let mut lowers: Vec<Arc<LowerObj>> = self.lowers.iter().map(|l| l.root.clone()).collect();
+        if let Some(u) = &self.upper {
+            let st = sys::fs::fstat(u.root.as_fd())?;
+            state.upper = Some((st.dev, st.ino));
+            let dir = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let m = crate::lower::root_markers(dir.as_fd(), &[self.cfg.prefix]);
+            state.opaque = m.opaque == crate::whiteout::OpaqueValue::Opaque;
+            state.impure = m.impure;
+            state.xattr_whiteouts = m.opaque == crate::whiteout::OpaqueValue::XattrWhiteouts;
+            if state.opaque {
+                lowers.clear();
+            }
+        }
+        state.lowers = lowers.into();
+        let node = Arc::new(Node::new(ino::ROOT, libc::S_IFDIR, state));
+        if let Some(u) = &self.upper {
+            let weak: Weak<dyn FdHolder> = Arc::downgrade(&node) as Weak<dyn FdHolder>;
+            let fd = sys::fs::dup(u.root.as_fd())?;
+            node.upper_fd.fill(fd, weak);
+        }
+        Ok(node)
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    /// EROFS on a mount without an upper layer.
+    pub fn upper_layer(&self) -> Result<&UpperLayer> {
+        self.upper.as_ref().ok_or(Errno::EROFS)
+    }
+
+    pub fn work(&self) -> Result<&WorkDir> {
+        Ok(&self.upper_layer()?.work)
+    }
+
+    /// The node the kernel calls `ino`.
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.table.get(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// `O_PATH` descriptor of a node's upper directory (which must exist),
+    /// reopened from its parent by name when it is not cached.
+    pub fn upper_dir_fd(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
+        if let Some(fd) = node.upper_fd.get() {
+            return Ok(fd);
+        }
+        if node.ino == ino::ROOT {
+            let u = self.upper_layer()?;
+            return Ok(u.root.clone());
+        }
+        let (pfd, name) = self.upper_loc(node)?;
+        let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
+        let st = sys::fs::fstat(fd.as_fd())?;
+        if node.state.read().upper != Some((st.dev, st.ino)) {
+            log::warn!("upper directory of {node:?} changed under the mount");
+            return Err(Errno::ESTALE);
+        }
+        let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
+        Ok(node.upper_fd.fill(fd, weak))
+    }
+
+    /// Parent upper directory and name of a node that exists in the upper
+    /// layer: the first of its names whose parent is still known.
+    pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name)> {
+        let aliases = node.state.read().aliases.clone();
+        let mut last = Errno::ENOENT;
+        for a in aliases {
+            let Some(parent) = self.table.get(a.parent) else {
+                continue;
+            };
+            match self.upper_dir_fd(&parent) {
+                Ok(pfd) => return Ok((pfd, Name::new(&a.name)?)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// A name of `node` whose parent node is known: (parent, name).
+    pub fn parent_of(&self, node: &Node) -> Result<(Arc<Node>, Name)> {
+        let aliases = node.state.read().aliases.clone();
+        for a in aliases {
+            if let Some(parent) = self.table.get(a.parent) {
+                return Ok((parent, Name::new(&a.name)?));
+            }
+        }
+        Err(Errno::ENOENT)
+    }
+
+    /// The lower directories merged below `node`, with lower opaque markers
+    /// applied (done once per node, lazily for nodes made from listings).
+    pub fn dir_stack(&self, node: &Node) -> Result<Arc<[Arc<LowerObj>]>> {
+        let (stack, checked) = {
+            let s = node.state.read();
+            (s.lowers.clone(), s.stack_checked)
+        };
+        if checked || stack.is_empty() {
+            return Ok(stack);
+        }
+        let mut trimmed: Vec<Arc<LowerObj>> = Vec::with_capacity(stack.len());
+        for l in stack.iter() {
+            trimmed.push(l.clone());
+            if l.dir_info()?.opaque {
+                break;
+            }
+        }
+        let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
+        let mut s = node.state.write();
+        if !s.stack_checked {
+            s.lowers = trimmed.clone();
+            s.stack_checked = true;
+        }
+        Ok(s.lowers.clone())
+    }
+
+    /// Fresh `lstat` of the object a node currently stands for.
+    pub fn real_stat(&self, node: &Arc<Node>) -> Result<Stat> {
+        let (has_upper, top_lower) = {
+            let s = node.state.read();
+            (s.upper.is_some(), s.lowers.first().cloned())
+        };
+        if has_upper {
+            if node.is_dir() {
+                let fd = self.upper_dir_fd(node)?;
+                return sys::fs::fstat(fd.as_fd());
+            }
+            let (pfd, name) = self.upper_loc(node)?;
+            return sys::fs::lstatat(pfd.as_fd(), name.as_cstr());
+        }
+        match top_lower {
+            Some(l) => l.stat(),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Whether a directory node merges several layers (for st_nlink).
+    pub fn is_merged_dir(&self, node: &Node) -> Result<bool> {
+        if !node.is_dir() {
+            return Ok(false);
+        }
+        let (upper, n) = {
+            let s = node.state.read();
+            (s.upper.is_some(), s.lowers.len())
+        };
+        Ok(match (upper, n) {
+            (true, n) => n > 0,
+            (false, 0 | 1) => false,
+            (false, _) => self.dir_stack(node)?.len() > 1,
+        })
+    }
+
+    pub fn attr_opts(&self) -> AttrOpts<'_> {
+        AttrOpts {
+            uids: &self.cfg.uids,
+            gids: &self.cfg.gids,
+            static_nlink: self.cfg.static_nlink,
+        }
+    }
+
+    /// Attributes of a node from a fresh stat of its real object.
+    pub fn node_attr(&self, node: &Arc<Node>) -> Result<FileAttr> {
+        let st = self.real_stat(node)?;
+        self.attr_from(node, &st)
+    }
+
+    pub fn attr_from(&self, node: &Arc<Node>, st: &Stat) -> Result<FileAttr> {
+        let merged = self.is_merged_dir(node)?;
+        Ok(attr::make(node.ino, st, merged, &self.attr_opts()))
+    }
+
+    /// Records that `node` is reachable as `name` in `parent`.
+    pub fn add_alias(&self, node: &Node, parent: u64, name: &Name) {
+        node.add_alias(Alias {
+            parent,
+            name: name.as_bytes().into(),
+        });
+    }
+
+    /// Flushes a directory to disk unless the mount is volatile.
+    pub fn sync_dir(&self, fd: &OwnedFd) {
+        if self.cfg.volatile {
+            return;
+        }
+        if let Ok(d) = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            let _ = sys::io::fsync(d.as_fd(), false);
+        }
+    }
+}

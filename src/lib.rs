@@ -1,0 +1,35 @@
+//! plyfs: a userspace union filesystem on FUSE, interchangeable with kernel
+//! overlayfs.
+//!
+//! Layout: `sys` holds every system call (and all `unsafe`); `options`,
+//! `cli` and `setup` turn the command line into opened layers; `fs` holds
+//! the mount's state, with `node`/`table`/`ino` for inodes, `lower` and
+//! `fdcache` for reaching layer objects, `resolve` and `listing` for the
+//! merged view, `copyup` and `workdir` for writes, and `ops/` for each group
+//! of operations. `fuse` is the thin glue to the kernel; `daemon` mounts.
+
+pub mod attr;
+pub mod cli;
+pub mod copyup;
+pub mod daemon;
+pub mod fdcache;
+pub mod fs;
+pub mod fuse;
+pub mod handles;
+pub mod idmap;
+pub mod ino;
+pub mod listing;
+pub mod lower;
+pub mod names;
+pub mod node;
+pub mod ops;
+pub mod options;
+pub mod origin;
+pub mod ovl_xattr;
+pub mod resolve;
+pub mod setup;
+pub mod sys;
+pub mod table;
+pub mod tuning;
+pub mod whiteout;
+pub mod workdir;

@@ -1,0 +1,190 @@
+//! Objects in read-only lower layers.
+//!
+//! Lower layers never change under a mount, so a lower object is found again
+//! by walking from its layer root through the names it was found under; each
+//! object keeps its parent, and directories cache an `O_PATH` descriptor.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, OnceLock, Weak};
+
+use crate::fdcache::{FdHolder, FdSlot};
+use crate::names::Name;
+use crate::ovl_xattr::Prefix;
+use crate::sys::{self, Errno, fs::Stat};
+use crate::whiteout::{self, OpaqueValue};
+
+/// Markers of a lower directory, read once on first use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LowerDirInfo {
+    /// Hides the layers below (`overlay.opaque=y` or `.wh..wh..opq`).
+    pub opaque: bool,
+    /// May contain xattr whiteouts (`overlay.opaque=x`).
+    pub xattr_whiteouts: bool,
+}
+
+pub struct LowerObj {
+    /// Index into the mount's lower layers (0 = top lower).
+    pub layer: usize,
+    pub parent: Option<Arc<LowerObj>>,
+    pub name: Box<[u8]>,
+    pub dev: u64,
+    pub ino: u64,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    fd: FdSlot,
+    dir_info: OnceLock<LowerDirInfo>,
+    /// For layer roots, the path the user gave (for messages).
+    pub root_path: Option<std::path::PathBuf>,
+}
+
+impl FdHolder for LowerObj {
+    fn slot(&self) -> &FdSlot {
+        &self.fd
+    }
+}
+
+impl std::fmt::Debug for LowerObj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LowerObj(layer {}, {:?}, ino {})",
+            self.layer,
+            String::from_utf8_lossy(&self.name),
+            self.ino
+        )
+    }
+}
+
+impl LowerObj {
+    /// The root directory of lower layer `layer`, opened at start-up.
+    pub fn root(layer: usize, fd: OwnedFd, path: std::path::PathBuf) -> Result<LowerObj, Errno> {
+        let st = sys::fs::fstat(fd.as_fd())?;
+        Ok(LowerObj {
+            layer,
+            parent: None,
+            name: Box::new([]),
+            dev: st.dev,
+            ino: st.ino,
+            kind: st.file_type(),
+            fd: FdSlot::pinned(Arc::new(fd)),
+            dir_info: OnceLock::new(),
+            root_path: Some(path),
+        })
+    }
+
+    /// A child found under `parent` with the given identity.
+    pub fn child(parent: &Arc<LowerObj>, name: &[u8], dev: u64, ino: u64, kind: u32) -> LowerObj {
+        LowerObj {
+            layer: parent.layer,
+            parent: Some(parent.clone()),
+            name: name.into(),
+            dev,
+            ino,
+            kind,
+            fd: FdSlot::empty(),
+            dir_info: OnceLock::new(),
+            root_path: None,
+        }
+    }
+
+    pub fn from_stat(parent: &Arc<LowerObj>, name: &[u8], st: &Stat) -> LowerObj {
+        LowerObj::child(parent, name, st.dev, st.ino, st.file_type())
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    /// `O_PATH` descriptor of this directory, reopened from the parent if it
+    /// was evicted. ESTALE if something else now sits at the name.
+    pub fn dir_fd(self: &Arc<Self>) -> Result<Arc<OwnedFd>, Errno> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd);
+        }
+        let parent = self.parent.as_ref().ok_or(Errno::EIO)?;
+        let pfd = parent.dir_fd()?;
+        let name = Name::new(&self.name)?;
+        let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
+        let st = sys::fs::fstat(fd.as_fd())?;
+        if st.ino != self.ino || st.dev != self.dev {
+            log::warn!("lower layer changed under the mount at {self:?}");
+            return Err(Errno::ESTALE);
+        }
+        let weak: Weak<dyn FdHolder> = Arc::downgrade(self) as Weak<dyn FdHolder>;
+        Ok(self.fd.fill(fd, weak))
+    }
+
+    /// The parent directory descriptor and name through which this object is
+    /// reached. Layer roots have no parent: EINVAL.
+    pub fn locate(&self) -> Result<(Arc<OwnedFd>, Name), Errno> {
+        let parent = self.parent.as_ref().ok_or(Errno::EINVAL)?;
+        Ok((parent.dir_fd()?, Name::new(&self.name)?))
+    }
+
+    /// Fresh `lstat` of this object.
+    pub fn stat(self: &Arc<Self>) -> Result<Stat, Errno> {
+        if self.is_dir() {
+            let fd = self.dir_fd()?;
+            return sys::fs::fstat(fd.as_fd());
+        }
+        let (pfd, name) = self.locate()?;
+        sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
+    }
+
+    /// Opaque and xattr-whiteout markers of this directory (cached).
+    pub fn dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
+        if let Some(info) = self.dir_info.get() {
+            return Ok(*info);
+        }
+        let info = self.read_dir_info()?;
+        Ok(*self.dir_info.get_or_init(|| info))
+    }
+
+    fn read_dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
+        let both = [Prefix::Trusted, Prefix::User];
+        let markers = match &self.parent {
+            Some(_) => {
+                let (pfd, name) = self.locate()?;
+                whiteout::dir_markers(pfd.as_fd(), name.as_cstr(), &both)?
+            }
+            None => {
+                // A layer root has no parent descriptor: read through an
+                // open descriptor of the directory itself.
+                let fd = self.dir_fd()?;
+                let dir = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                root_markers(dir.as_fd(), &both)
+            }
+        };
+        let mut opaque = markers.opaque == OpaqueValue::Opaque;
+        if !opaque {
+            let fd = self.dir_fd()?;
+            let marker = Name::new(whiteout::OCI_OPAQUE)?;
+            opaque = match sys::fs::lstatat(fd.as_fd(), marker.as_cstr()) {
+                Ok(_) => true,
+                Err(e) if e.code() == libc::ENOENT => false,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(LowerDirInfo {
+            opaque,
+            xattr_whiteouts: markers.opaque == OpaqueValue::XattrWhiteouts,
+        })
+    }
+}
+
+/// Markers of a directory given as an open descriptor (layer roots).
+pub fn root_markers(dir: std::os::fd::BorrowedFd<'_>, prefixes: &[Prefix]) -> whiteout::DirMarkers {
+    let mut m = whiteout::DirMarkers::default();
+    for p in prefixes {
+        if let Ok(v) = sys::xattr::fget(dir, &p.name(crate::ovl_xattr::OPAQUE)) {
+            let o = whiteout::parse_opaque(&v);
+            if o == OpaqueValue::Opaque || m.opaque == OpaqueValue::None {
+                m.opaque = o;
+            }
+        }
+        if let Ok(v) = sys::xattr::fget(dir, &p.name(crate::ovl_xattr::IMPURE)) {
+            m.impure |= v == b"y";
+        }
+    }
+    m
+}

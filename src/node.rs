@@ -1,0 +1,142 @@
+//! Merged-view inodes.
+//!
+//! A node is one object of the merged tree as the kernel knows it (one FUSE
+//! node id, which fuser also reports as st_ino). It records where its
+//! content lives: an upper object and/or a stack of lower objects. Upper
+//! objects are found through the node's names (an upper entry always sits at
+//! the same name as in the merged view); lower objects carry their own way
+//! back to their layer root.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::fdcache::{FdHolder, FdSlot};
+use crate::lower::LowerObj;
+
+/// Identity of a real object: (st_dev, st_ino).
+pub type Ident = (u64, u64);
+
+/// A name of a node in the merged tree: (parent node id, entry name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    pub parent: u64,
+    pub name: Box<[u8]>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeState {
+    /// Names this node is known under. Directories have exactly one.
+    pub aliases: Vec<Alias>,
+    /// The upper object, once the node exists in the upper layer.
+    pub upper: Option<Ident>,
+    /// Directories: the lower directories merged below the upper one, top
+    /// first. Non-directories: the lower object the node came from (its
+    /// origin), if any.
+    pub lowers: Arc<[Arc<LowerObj>]>,
+    /// Directories whose stack came from a listing still need their lower
+    /// opaque markers applied before the stack is used.
+    pub stack_checked: bool,
+    /// The upper directory is opaque (`overlay.opaque=y`).
+    pub opaque: bool,
+    /// The upper directory holds entries copied up or moved in
+    /// (`overlay.impure=y`); their st_ino comes from `overlay.origin`.
+    pub impure: bool,
+    /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
+    pub xattr_whiteouts: bool,
+    /// The object has no name left in the merged tree.
+    pub unlinked: bool,
+}
+
+pub struct Node {
+    pub ino: u64,
+    pub generation: u64,
+    /// `S_IFMT` bits of the merged object; fixed for the node's life.
+    pub kind: u32,
+    pub state: RwLock<NodeState>,
+    /// Cached `O_PATH` descriptor of the upper directory.
+    pub upper_fd: FdSlot,
+    /// Serialises copy-up of this node.
+    pub copy_lock: Mutex<()>,
+    /// Serialises changes to this directory's upper entries. May be taken
+    /// while holding a child's `copy_lock`, never the other way round.
+    pub dir_lock: Mutex<()>,
+    /// Bumped on every change of a directory's entries (listing caches).
+    pub version: AtomicU64,
+}
+
+impl FdHolder for Node {
+    fn slot(&self) -> &FdSlot {
+        &self.upper_fd
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Node({}, kind {:o})", self.ino, self.kind)
+    }
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Node {
+    pub fn new(ino: u64, kind: u32, state: NodeState) -> Node {
+        Node {
+            ino,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            kind,
+            state: RwLock::new(state),
+            upper_fd: FdSlot::empty(),
+            copy_lock: Mutex::new(()),
+            dir_lock: Mutex::new(()),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.state.read().upper.is_some()
+    }
+
+    /// The object's identity as first seen: upper if it has one, else the
+    /// top lower object.
+    pub fn real_ident(&self) -> Option<Ident> {
+        let s = self.state.read();
+        s.upper.or_else(|| s.lowers.first().map(|l| (l.dev, l.ino)))
+    }
+
+    pub fn primary_alias(&self) -> Option<Alias> {
+        self.state.read().aliases.first().cloned()
+    }
+
+    /// Records `alias` as a name of this node (most recent first).
+    pub fn add_alias(&self, alias: Alias) {
+        let mut s = self.state.write();
+        if self.kind == libc::S_IFDIR {
+            s.aliases.clear();
+            s.aliases.push(alias);
+            return;
+        }
+        if let Some(pos) = s.aliases.iter().position(|a| *a == alias) {
+            s.aliases.remove(pos);
+        }
+        s.aliases.insert(0, alias);
+        // Bound the list: the kernel only uses names it looked up recently.
+        s.aliases.truncate(16);
+    }
+
+    /// Forgets the name `alias`; marks the node unlinked when it was the last.
+    pub fn remove_alias(&self, parent: u64, name: &[u8]) {
+        let mut s = self.state.write();
+        s.aliases
+            .retain(|a| !(a.parent == parent && &*a.name == name));
+    }
+
+    pub fn touch_version(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+}

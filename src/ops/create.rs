@@ -1,0 +1,325 @@
+//! Creating names: mknod, mkdir, symlink, link and create (open with
+//! O_CREAT).
+//!
+//! A new object goes straight into the parent's upper directory when the
+//! name is free there. When the upper layer holds a whiteout at the name,
+//! the object is built in the work directory and renamed over the whiteout
+//! (a directory is exchanged with it and made opaque), so the lower object
+//! never shows through, even after a crash.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use fuser::FileAttr;
+
+use crate::fs::{Plyfs, Result};
+use crate::names::Name;
+use crate::node::Node;
+use crate::ops::Caller;
+use crate::ovl_xattr;
+use crate::resolve::{Found, Lookup};
+use crate::sys::{self, Errno, fs::Stat};
+use crate::workdir::remove_tree;
+
+/// What to create.
+pub enum NewObject<'a> {
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    Symlink { target: &'a [u8] },
+    Special { mode: u32, rdev: u64 },
+    Link { source: Arc<Node> },
+}
+
+impl NewObject<'_> {
+    fn is_dir(&self) -> bool {
+        matches!(self, NewObject::Dir { .. })
+    }
+}
+
+/// The result of a creation: the new node, its attributes, and for files an
+/// open descriptor.
+pub struct Created {
+    pub node: Arc<Node>,
+    pub attr: FileAttr,
+    pub fd: Option<OwnedFd>,
+}
+
+impl Plyfs {
+    pub fn do_create_object(
+        &self,
+        parent: u64,
+        name: &Name,
+        what: NewObject<'_>,
+        caller: Caller,
+    ) -> Result<Created> {
+        let parent = self.node(parent)?;
+        self.upper_layer()?;
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        // Operands are copied up before the directory is locked.
+        self.copy_up(&parent)?;
+        if let NewObject::Link { source } = &what {
+            if source.is_dir() {
+                return Err(Errno::EPERM);
+            }
+            self.copy_up(source)?;
+        }
+        let _g = parent.dir_lock.lock();
+        let whiteout = match self.resolve(&parent, name)? {
+            Lookup::Found(f) => {
+                // O_CREAT without O_EXCL on an existing file opens it.
+                if let NewObject::File { flags, .. } = what
+                    && flags & libc::O_EXCL == 0
+                {
+                    return self.open_existing(&parent, name, f, flags);
+                }
+                return Err(Errno::EEXIST);
+            }
+            Lookup::Missing { whiteout } => whiteout,
+        };
+        let pfd = self.upper_dir_fd(&parent)?;
+        let pst = sys::fs::fstat(pfd.as_fd())?;
+        let (uid, gid) = self.new_owner(caller, &pst)?;
+        let mut fd = None;
+        let st = if whiteout {
+            self.create_staged(&pfd, name, &what, uid, gid, &pst, &mut fd)?
+        } else {
+            self.create_direct(pfd.as_fd(), name, &what, uid, gid, &pst, &mut fd)?
+        };
+        parent.touch_version();
+        let mut found = Found::upper_only_stat(st);
+        found.opaque = what.is_dir() && (whiteout || found.opaque);
+        if let NewObject::Link { source } = &what {
+            // The new name is another link to the source's upper inode.
+            let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
+            let attr = self.attr_from(&node, &st)?;
+            self.add_alias(&node, parent.ino, name);
+            return Ok(Created { node, attr, fd });
+        }
+        let (node, attr) = self.remember(&parent, name, found)?;
+        Ok(Created { node, attr, fd })
+    }
+
+    fn open_existing(
+        &self,
+        parent: &Arc<Node>,
+        name: &Name,
+        f: Found,
+        flags: i32,
+    ) -> Result<Created> {
+        if f.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let (node, attr) = self.remember(parent, name, f)?;
+        let fd = match self.open_node_fd(&node, flags) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.table.forget(node.ino, 1);
+                return Err(e);
+            }
+        };
+        Ok(Created {
+            node,
+            attr,
+            fd: Some(fd),
+        })
+    }
+
+    /// Owner of a new object: the caller, with the group of a set-group-id
+    /// parent directory.
+    fn new_owner(&self, caller: Caller, parent: &Stat) -> Result<(u32, u32)> {
+        let uid = self.cfg.uids.to_host(caller.uid).ok_or(Errno::EOVERFLOW)?;
+        let gid = if parent.mode & libc::S_ISGID != 0 {
+            parent.gid
+        } else {
+            self.cfg.gids.to_host(caller.gid).ok_or(Errno::EOVERFLOW)?
+        };
+        Ok((uid, gid))
+    }
+
+    /// Whether any lower layer shows something at `name` in `parent`
+    /// (ignoring the upper layer): removing or replacing the name then needs
+    /// a whiteout or an opaque directory.
+    pub fn lower_presence(&self, parent: &Arc<Node>, name: &Name) -> Result<bool> {
+        let stack = self.dir_stack(parent)?;
+        let oci = crate::whiteout::oci_whiteout_name(name.as_bytes())
+            .map(|n| Name::new(&n))
+            .transpose()?;
+        for lo in stack.iter() {
+            let lfd = lo.dir_fd()?;
+            match sys::fs::lstatat(lfd.as_fd(), name.as_cstr()) {
+                Ok(st) => return Ok(!crate::whiteout::is_char_whiteout(&st)),
+                Err(e) if e.code() == libc::ENOENT => {
+                    if let Some(wh) = &oci
+                        && sys::fs::lstatat(lfd.as_fd(), wh.as_cstr()).is_ok()
+                    {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Makes the object at `name` in `dir`, owned by `uid:gid`.
+    #[allow(clippy::too_many_arguments)]
+    fn make_object(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &Name,
+        what: &NewObject<'_>,
+        uid: u32,
+        gid: u32,
+        parent: &Stat,
+        fd: &mut Option<OwnedFd>,
+    ) -> Result<()> {
+        let setgid_dir = parent.mode & libc::S_ISGID != 0;
+        let cname = name.as_cstr();
+        let mut final_mode = None;
+        match what {
+            NewObject::File { mode, flags } => {
+                let open_flags = self.real_open_flags(*flags) | libc::O_CREAT | libc::O_EXCL;
+                let f = sys::fs::openat(dir, cname, open_flags, mode & 0o7777)?;
+                *fd = Some(f);
+                final_mode = Some(mode & 0o7777);
+            }
+            NewObject::Dir { mode } => {
+                let mut m = mode & 0o7777;
+                if setgid_dir {
+                    m |= libc::S_ISGID;
+                }
+                sys::fs::mkdirat(dir, cname, m)?;
+                final_mode = Some(m);
+            }
+            NewObject::Symlink { target } => {
+                let t = CString::new(*target).map_err(|_| Errno::EINVAL)?;
+                sys::fs::symlinkat(&t, dir, cname)?;
+            }
+            NewObject::Special { mode, rdev } => {
+                sys::fs::mknodat(dir, cname, *mode, *rdev)?;
+                final_mode = Some(mode & 0o7777);
+            }
+            NewObject::Link { source } => {
+                let (spfd, sname) = self.upper_loc(source)?;
+                sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), dir, cname)?;
+                return Ok(());
+            }
+        }
+        if self.cfg.can_chown && (uid != self.cfg.euid || gid != self.cfg.egid || setgid_dir) {
+            sys::fs::lchownat(dir, cname, uid, gid)?;
+            // chown clears set-id bits of regular files: put them back.
+            if let Some(m) = final_mode.filter(|m| m & (libc::S_ISUID | libc::S_ISGID) != 0) {
+                match fd.as_ref() {
+                    Some(f) => sys::fs::fchmod(f.as_fd(), m)?,
+                    None => sys::fs::chmodat(dir, cname, m)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create_direct(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &Name,
+        what: &NewObject<'_>,
+        uid: u32,
+        gid: u32,
+        pst: &Stat,
+        fd: &mut Option<OwnedFd>,
+    ) -> Result<Stat> {
+        if let Err(e) = self.make_object(pfd, name, what, uid, gid, pst, fd) {
+            // Do not leave a half-made object (e.g. chown failed).
+            if e.code() != libc::EEXIST && !matches!(what, NewObject::Link { .. }) {
+                let _ = sys::fs::unlinkat(pfd, name.as_cstr(), what.is_dir());
+            }
+            *fd = None;
+            return Err(e);
+        }
+        sys::fs::lstatat(pfd, name.as_cstr())
+    }
+
+    /// Builds the object in the work directory and puts it over the
+    /// whiteout (or over nothing, for an opaque directory).
+    #[allow(clippy::too_many_arguments)]
+    fn create_staged(
+        &self,
+        pfd: &Arc<OwnedFd>,
+        name: &Name,
+        what: &NewObject<'_>,
+        uid: u32,
+        gid: u32,
+        pst: &Stat,
+        fd: &mut Option<OwnedFd>,
+    ) -> Result<Stat> {
+        let work = self.work()?;
+        let tmp = work.temp_name()?;
+        let staged = self
+            .make_object(work.fd(), &tmp, what, uid, gid, pst, fd)
+            .and_then(|()| {
+                if what.is_dir() {
+                    let attr = self.cfg.prefix.name(ovl_xattr::OPAQUE);
+                    sys::xattr::set_at(work.fd(), tmp.as_cstr(), &attr, b"y", 0)?;
+                }
+                Ok(())
+            });
+        if let Err(e) = staged {
+            *fd = None;
+            work.discard(&tmp);
+            return Err(e);
+        }
+        let placed = if what.is_dir() {
+            match sys::fs::renameat2(
+                work.fd(),
+                tmp.as_cstr(),
+                pfd.as_fd(),
+                name.as_cstr(),
+                sys::fs::RENAME_EXCHANGE,
+            ) {
+                // The whiteout now sits in the work directory.
+                Ok(()) => {
+                    let _ = remove_tree(work.fd(), tmp.as_cstr());
+                    Ok(())
+                }
+                // No whiteout to exchange with: the name was free.
+                Err(e) if e.code() == libc::ENOENT => sys::fs::renameat2(
+                    work.fd(),
+                    tmp.as_cstr(),
+                    pfd.as_fd(),
+                    name.as_cstr(),
+                    sys::fs::RENAME_NOREPLACE,
+                ),
+                Err(e) => Err(e),
+            }
+        } else {
+            sys::fs::renameat2(work.fd(), tmp.as_cstr(), pfd.as_fd(), name.as_cstr(), 0)
+        };
+        if let Err(e) = placed {
+            *fd = None;
+            work.discard(&tmp);
+            return Err(e);
+        }
+        sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
+    }
+}
+
+impl Found {
+    /// A found object that exists only in the upper layer.
+    pub fn upper_only_stat(st: Stat) -> Found {
+        Found {
+            kind: st.file_type(),
+            stat: st,
+            upper: Some((st.dev, st.ino)),
+            lowers: Vec::new(),
+            stack_checked: true,
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Open files: open, read, write, flush, release, fsync, fallocate, lseek,
+//! copy_file_range.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::fs::{Plyfs, Result};
+use crate::handles::OpenFile;
+use crate::node::Node;
+use crate::sys::{self, Errno};
+
+/// Whether open flags ask for writing (which needs the upper copy).
+pub fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl Plyfs {
+    /// Flags used to open a real file for a request's open flags.
+    pub fn real_open_flags(&self, flags: i32) -> i32 {
+        (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+            | libc::O_NOFOLLOW
+    }
+
+    /// Opens the real file of `node` (upper if it has one), copying it up
+    /// first when `flags` write.
+    pub fn open_node_fd(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
+        if node.kind != libc::S_IFREG {
+            return Err(if node.is_dir() {
+                Errno::EISDIR
+            } else {
+                Errno::ENXIO
+            });
+        }
+        if wants_write(flags) {
+            self.upper_layer()?;
+            // O_TRUNC: the data would be thrown away right after.
+            self.copy_up_opts(node, flags & libc::O_TRUNC == 0)?;
+        }
+        let real = self.real_open_flags(flags);
+        let fd = if node.has_upper() {
+            let (pfd, name) = self.upper_loc(node)?;
+            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+        } else {
+            let lower = node
+                .state
+                .read()
+                .lowers
+                .first()
+                .cloned()
+                .ok_or(Errno::EIO)?;
+            let (pfd, name) = lower.locate()?;
+            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+        };
+        if flags & libc::O_TRUNC != 0 {
+            sys::io::ftruncate(fd.as_fd(), 0)?;
+        }
+        Ok(fd)
+    }
+
+    pub fn do_open(&self, ino: u64, flags: i32) -> Result<(u64, Arc<OpenFile>)> {
+        let node = self.node(ino)?;
+        let fd = self.open_node_fd(&node, flags)?;
+        let on_upper = node.has_upper();
+        Ok(self.register_file(node, fd, on_upper, flags))
+    }
+
+    pub fn register_file(
+        &self,
+        node: Arc<Node>,
+        fd: OwnedFd,
+        on_upper: bool,
+        flags: i32,
+    ) -> (u64, Arc<OpenFile>) {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        self.handles
+            .add_file(OpenFile::new(node, fd, on_upper, flags))
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<OpenFile>> {
+        self.handles.file(fh).ok_or(Errno::EBADF)
+    }
+
+    /// A read-only handle opened on a lower file follows the file to the
+    /// upper layer once it was copied up (as kernel overlayfs does).
+    pub fn refresh_handle(&self, f: &OpenFile) -> Result<()> {
+        if f.is_on_upper() || !f.node.has_upper() {
+            return Ok(());
+        }
+        let (pfd, name) = self.upper_loc(&f.node)?;
+        let fd = sys::fs::openat(
+            pfd.as_fd(),
+            name.as_cstr(),
+            self.real_open_flags(f.flags),
+            0,
+        )?;
+        f.switch_to_upper(fd);
+        Ok(())
+    }
+
+    pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let f = self.handle(fh)?;
+        self.refresh_handle(&f)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::io::pread_full(f.fd().as_fd(), &mut buf, offset)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let f = self.handle(fh)?;
+        if !f.is_on_upper() {
+            return Err(Errno::EBADF);
+        }
+        sys::io::pwrite_all(f.fd().as_fd(), data, offset)
+    }
+
+    pub fn do_release(&self, fh: u64) {
+        let f = self.handles.remove_file(fh);
+        drop(f);
+    }
+
+    pub fn do_fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let f = self.handle(fh)?;
+        if self.cfg.volatile || !f.is_on_upper() {
+            return Ok(());
+        }
+        sys::io::fsync(f.fd().as_fd(), datasync)
+    }
+
+    pub fn do_fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let f = self.handle(fh)?;
+        if !f.is_on_upper() {
+            return Err(Errno::EBADF);
+        }
+        sys::io::fallocate(f.fd().as_fd(), mode, offset, len)
+    }
+
+    pub fn do_lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let f = self.handle(fh)?;
+        self.refresh_handle(&f)?;
+        sys::io::lseek(f.fd().as_fd(), offset, whence)
+    }
+
+    pub fn do_copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<usize> {
+        let fin = self.handle(fh_in)?;
+        let fout = self.handle(fh_out)?;
+        self.refresh_handle(&fin)?;
+        if !fout.is_on_upper() {
+            return Err(Errno::EBADF);
+        }
+        let len = len.min(1 << 30) as usize;
+        sys::io::copy_file_range(fin.fd().as_fd(), off_in, fout.fd().as_fd(), off_out, len)
+    }
+}

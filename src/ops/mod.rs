@@ -1,0 +1,18 @@
+//! The filesystem operations, one module per group. Each returns
+//! `Result<T, Errno>`; the FUSE glue in `fuse.rs` only decodes and replies.
+
+pub mod create;
+pub mod dir;
+pub mod file;
+pub mod lookup;
+pub mod remove;
+pub mod rename;
+pub mod setattr;
+pub mod xattr;
+
+/// The caller of a request, in merged-view ids.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}

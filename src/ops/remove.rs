@@ -1,0 +1,125 @@
+//! unlink and rmdir.
+//!
+//! A name that only exists in the upper layer is removed there. A name with
+//! something below it is replaced by a whiteout: atomically with
+//! `RENAME_WHITEOUT` when the upper layer has an object there (the object
+//! moves to the work directory and is deleted from there), or with a new
+//! whiteout when it has none.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::fs::{Plyfs, Result};
+use crate::names::Name;
+use crate::node::{Node, NodeState};
+use crate::resolve::Found;
+use crate::sys::{self, Errno};
+use crate::whiteout;
+use crate::workdir::remove_tree;
+
+impl Plyfs {
+    pub fn do_unlink(&self, parent: u64, name: &Name) -> Result<()> {
+        self.remove_name(parent, name, false)
+    }
+
+    pub fn do_rmdir(&self, parent: u64, name: &Name) -> Result<()> {
+        self.remove_name(parent, name, true)
+    }
+
+    fn remove_name(&self, parent: u64, name: &Name, dir: bool) -> Result<()> {
+        let parent = self.node(parent)?;
+        self.upper_layer()?;
+        self.copy_up(&parent)?;
+        let _g = parent.dir_lock.lock();
+        let f = self.resolve_found(&parent, name)?;
+        match (dir, f.is_dir()) {
+            (false, true) => return Err(Errno::EISDIR),
+            (true, false) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        if dir && !self.is_empty_dir(&parent, name, &f)? {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let victim = self.number_of(&f).ok().and_then(|ino| self.table.get(ino));
+        let pfd = self.upper_dir_fd(&parent)?;
+        let needs_whiteout =
+            f.has_lower() || (f.upper.is_some() && self.lower_presence(&parent, name)?);
+        let last_link = f.is_dir() || f.stat.nlink <= 1;
+        match (f.upper.is_some(), needs_whiteout) {
+            (true, true) => self.replace_with_whiteout(&pfd, name)?,
+            (true, false) if dir => {
+                // Move the directory away first: it may still hold whiteouts.
+                let work = self.work()?;
+                let tmp = work.temp_name()?;
+                sys::fs::renameat2(pfd.as_fd(), name.as_cstr(), work.fd(), tmp.as_cstr(), 0)?;
+                work.discard(&tmp);
+            }
+            (true, false) => sys::fs::unlinkat(pfd.as_fd(), name.as_cstr(), false)?,
+            (false, _) => whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?,
+        }
+        parent.touch_version();
+        if let Some(v) = victim {
+            v.remove_alias(parent.ino, name.as_bytes());
+            if last_link {
+                v.state.write().unlinked = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Atomically swaps the upper object at `name` for a whiteout and
+    /// deletes the object.
+    pub fn replace_with_whiteout(&self, pfd: &Arc<OwnedFd>, name: &Name) -> Result<()> {
+        let work = self.work()?;
+        let tmp = work.temp_name()?;
+        match sys::fs::renameat2(
+            pfd.as_fd(),
+            name.as_cstr(),
+            work.fd(),
+            tmp.as_cstr(),
+            sys::fs::RENAME_WHITEOUT,
+        ) {
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
+                // No RENAME_WHITEOUT here: stage a whiteout and exchange.
+                whiteout::make_whiteout(work.fd(), tmp.as_cstr())?;
+                if let Err(e) = sys::fs::renameat2(
+                    work.fd(),
+                    tmp.as_cstr(),
+                    pfd.as_fd(),
+                    name.as_cstr(),
+                    sys::fs::RENAME_EXCHANGE,
+                ) {
+                    work.discard(&tmp);
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        remove_tree(work.fd(), tmp.as_cstr())?;
+        Ok(())
+    }
+
+    /// Whether the merged directory found as `name` in `parent` is empty.
+    pub fn is_empty_dir(&self, parent: &Arc<Node>, name: &Name, f: &Found) -> Result<bool> {
+        // A throwaway node over the same objects (not in the table).
+        let probe = Arc::new(Node::new(
+            0,
+            libc::S_IFDIR,
+            NodeState {
+                aliases: vec![crate::node::Alias {
+                    parent: parent.ino,
+                    name: name.as_bytes().into(),
+                }],
+                upper: f.upper,
+                lowers: f.lowers.clone().into(),
+                stack_checked: f.stack_checked,
+                opaque: f.opaque,
+                impure: f.impure,
+                xattr_whiteouts: f.xattr_whiteouts,
+                unlinked: false,
+            },
+        ));
+        Ok(self.build_listing(&probe)?.entries.is_empty())
+    }
+}

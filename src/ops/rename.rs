@@ -1,0 +1,261 @@
+//! rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE.
+//!
+//! Non-directories are copied up and renamed in the upper layer; the old
+//! name gets a whiteout (in the same `renameat2` call) when a lower layer
+//! still has something there. A directory that only lives in the upper
+//! layer is renamed the same way, and made opaque when it lands on a name
+//! that has lower content. A directory with lower content needs a redirect
+//! (see `redirect.rs`); without one it fails with EXDEV like the kernel's
+//! default.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
+
+use crate::fs::{Plyfs, Result};
+use crate::names::Name;
+use crate::node::{Alias, Node};
+use crate::ovl_xattr;
+use crate::resolve::{Found, Lookup};
+use crate::sys::{self, Errno};
+
+const NOREPLACE: u32 = sys::fs::RENAME_NOREPLACE;
+const EXCHANGE: u32 = sys::fs::RENAME_EXCHANGE;
+
+impl Plyfs {
+    pub fn do_rename(
+        &self,
+        parent: u64,
+        name: &Name,
+        newparent: u64,
+        newname: &Name,
+        flags: u32,
+    ) -> Result<()> {
+        if flags & !(NOREPLACE | EXCHANGE) != 0 || flags == NOREPLACE | EXCHANGE {
+            return Err(Errno::EINVAL);
+        }
+        self.upper_layer()?;
+        let parent = self.node(parent)?;
+        let newparent = self.node(newparent)?;
+        // Copy operands up before any directory is locked.
+        self.copy_up(&parent)?;
+        self.copy_up(&newparent)?;
+        let src = self.node_at(&parent, name)?;
+        self.prepare_operand(&src)?;
+        if flags & EXCHANGE != 0 {
+            let dst = self.node_at(&newparent, newname)?;
+            self.prepare_operand(&dst)?;
+        }
+        let _locks = lock_dirs(&parent, &newparent);
+        let sf = self.resolve_found(&parent, name)?;
+        if sf.upper.is_none() || sf.upper != src.state.read().upper {
+            // Changed since we copied it up: let the caller retry.
+            return Err(Errno::ENOENT);
+        }
+        let dst = self.resolve(&newparent, newname)?;
+        let pfd = self.upper_dir_fd(&parent)?;
+        let npfd = self.upper_dir_fd(&newparent)?;
+
+        if flags & EXCHANGE != 0 {
+            let Lookup::Found(df) = dst else {
+                return Err(Errno::ENOENT);
+            };
+            if df.upper.is_none() {
+                return Err(Errno::ENOENT);
+            }
+            // Each directory must not merge with lower content at its new name.
+            if sf.is_dir() && !sf.opaque && self.lower_presence(&newparent, newname)? {
+                self.set_opaque(pfd.as_fd(), name)?;
+            }
+            if df.is_dir() && !df.opaque && self.lower_presence(&parent, name)? {
+                self.set_opaque(npfd.as_fd(), newname)?;
+            }
+            sys::fs::renameat2(
+                pfd.as_fd(),
+                name.as_cstr(),
+                npfd.as_fd(),
+                newname.as_cstr(),
+                EXCHANGE,
+            )?;
+            let dnode = self.number_of(&df).ok().and_then(|i| self.table.get(i));
+            self.move_alias(&src, &parent, name, &newparent, newname);
+            if let Some(d) = dnode {
+                self.move_alias(&d, &newparent, newname, &parent, name);
+            }
+            self.after_rename(&parent, &newparent);
+            return Ok(());
+        }
+
+        let mut replaced: Option<Found> = None;
+        let mut over_whiteout = false;
+        match dst {
+            Lookup::Found(df) => {
+                if flags & NOREPLACE != 0 {
+                    return Err(Errno::EEXIST);
+                }
+                if sf.upper == df.upper {
+                    return Ok(());
+                }
+                match (sf.is_dir(), df.is_dir()) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    _ => {}
+                }
+                if df.is_dir() {
+                    if !self.is_empty_dir(&newparent, newname, &df)? {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    if df.upper.is_some() {
+                        // Only whiteouts can be left in it: clear them so the
+                        // rename may replace it.
+                        let dfd = sys::fs::open_dir_path(npfd.as_fd(), newname.as_cstr())?;
+                        crate::workdir::clean_dir(dfd.as_fd())?;
+                    }
+                }
+                // A lower-only target is simply covered by the source.
+                replaced = Some(df);
+            }
+            Lookup::Missing { whiteout } => over_whiteout = whiteout,
+        }
+        let target_has_lower = match &replaced {
+            Some(df) => df.has_lower() || self.lower_presence(&newparent, newname)?,
+            None => over_whiteout || self.lower_presence(&newparent, newname)?,
+        };
+        if sf.is_dir() && !sf.opaque && target_has_lower {
+            self.set_opaque(pfd.as_fd(), name)?;
+            src.state.write().opaque = true;
+        }
+        let src_needs_whiteout = self.lower_presence(&parent, name)?;
+        if sf.is_dir() && over_whiteout {
+            // A directory cannot replace a whiteout (a device node) by
+            // rename: exchange the two, then deal with the whiteout.
+            sys::fs::renameat2(
+                pfd.as_fd(),
+                name.as_cstr(),
+                npfd.as_fd(),
+                newname.as_cstr(),
+                EXCHANGE,
+            )?;
+            if !src_needs_whiteout {
+                sys::fs::unlinkat(pfd.as_fd(), name.as_cstr(), false)?;
+            }
+        } else if src_needs_whiteout {
+            match sys::fs::renameat2(
+                pfd.as_fd(),
+                name.as_cstr(),
+                npfd.as_fd(),
+                newname.as_cstr(),
+                sys::fs::RENAME_WHITEOUT,
+            ) {
+                Ok(()) => {}
+                Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
+                    sys::fs::renameat2(
+                        pfd.as_fd(),
+                        name.as_cstr(),
+                        npfd.as_fd(),
+                        newname.as_cstr(),
+                        0,
+                    )?;
+                    crate::whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            sys::fs::renameat2(
+                pfd.as_fd(),
+                name.as_cstr(),
+                npfd.as_fd(),
+                newname.as_cstr(),
+                0,
+            )?;
+        }
+        if let Some(df) = replaced {
+            if let Some(victim) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
+                victim.remove_alias(newparent.ino, newname.as_bytes());
+                if df.is_dir() || df.stat.nlink <= 1 || df.upper.is_none() {
+                    victim.state.write().unlinked = df.upper.is_some();
+                }
+            }
+        }
+        self.move_alias(&src, &parent, name, &newparent, newname);
+        if !Arc::ptr_eq(&parent, &newparent) {
+            self.mark_impure(&newparent, &npfd);
+        }
+        self.after_rename(&parent, &newparent);
+        Ok(())
+    }
+
+    /// The node the kernel knows at `name` in `parent`; one that is not in
+    /// the table (never looked up) is made for the duration of the call.
+    pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Arc<Node>> {
+        let f = self.resolve_found(parent, name)?;
+        let ino = self.number_of(&f)?;
+        if let Some(n) = self.table.get(ino) {
+            n.add_alias(Alias {
+                parent: parent.ino,
+                name: name.as_bytes().into(),
+            });
+            return Ok(n);
+        }
+        let (node, _) = self.remember(parent, name, f)?;
+        // Not a kernel reference: give it back at once.
+        self.table.forget(node.ino, 1);
+        Ok(node)
+    }
+
+    /// Copies a rename operand up; directories with lower content cannot
+    /// move without a redirect.
+    fn prepare_operand(&self, node: &Arc<Node>) -> Result<()> {
+        if node.is_dir() {
+            let has_lower = !self.dir_stack(node)?.is_empty() || !node.has_upper();
+            if has_lower {
+                return Err(Errno::EXDEV);
+            }
+            return Ok(());
+        }
+        self.copy_up(node)
+    }
+
+    pub fn set_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &Name) -> Result<()> {
+        let attr = self.cfg.prefix.name(ovl_xattr::OPAQUE);
+        sys::xattr::set_at(dir, name.as_cstr(), &attr, b"y", 0)
+    }
+
+    fn move_alias(
+        &self,
+        node: &Arc<Node>,
+        from: &Arc<Node>,
+        name: &Name,
+        to: &Arc<Node>,
+        newname: &Name,
+    ) {
+        node.remove_alias(from.ino, name.as_bytes());
+        node.add_alias(Alias {
+            parent: to.ino,
+            name: newname.as_bytes().into(),
+        });
+    }
+
+    fn after_rename(&self, parent: &Arc<Node>, newparent: &Arc<Node>) {
+        parent.touch_version();
+        newparent.touch_version();
+    }
+}
+
+/// Locks one or two directories in a fixed order.
+fn lock_dirs<'a>(
+    a: &'a Arc<Node>,
+    b: &'a Arc<Node>,
+) -> (MutexGuard<'a, ()>, Option<MutexGuard<'a, ()>>) {
+    if Arc::ptr_eq(a, b) {
+        return (a.dir_lock.lock(), None);
+    }
+    if a.ino < b.ino {
+        let ga = a.dir_lock.lock();
+        (ga, Some(b.dir_lock.lock()))
+    } else {
+        let gb = b.dir_lock.lock();
+        (gb, Some(a.dir_lock.lock()))
+    }
+}

@@ -1,0 +1,91 @@
+//! setattr: truncate, chmod, chown, utimes. Changes apply to the upper copy,
+//! which is made first.
+
+use std::os::fd::AsFd;
+
+use fuser::FileAttr;
+
+use crate::fs::{Plyfs, Result};
+use crate::sys::{self, Errno, fs::TimeSpec};
+
+/// The attributes one setattr request changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+    pub fh: Option<u64>,
+}
+
+impl Plyfs {
+    pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr> {
+        let node = self.node(ino)?;
+        self.upper_layer()?;
+        let handle = a.fh.and_then(|fh| self.handles.file(fh));
+        match a.size {
+            Some(0) => self.copy_up_opts(&node, false)?,
+            _ => self.copy_up(&node)?,
+        }
+        // Host ids for the new owner; ids outside the mapping cannot be stored.
+        let uid = match a.uid {
+            Some(u) => Some(self.cfg.uids.to_host(u).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        let gid = match a.gid {
+            Some(g) => Some(self.cfg.gids.to_host(g).ok_or(Errno::EINVAL)?),
+            None => None,
+        };
+        let (dfd, name) = if node.is_dir() {
+            (self.upper_dir_fd(&node)?, None)
+        } else {
+            let (pfd, name) = self.upper_loc(&node)?;
+            (pfd, Some(name))
+        };
+        let cname = name.as_ref().map(|n| n.as_cstr()).unwrap_or(c"");
+        if uid.is_some() || gid.is_some() {
+            sys::fs::lchownat(
+                dfd.as_fd(),
+                cname,
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(mode) = a.mode {
+            sys::fs::chmodat(dfd.as_fd(), cname, mode & 0o7777)?;
+        }
+        if let Some(size) = a.size {
+            if node.kind == libc::S_IFDIR {
+                return Err(Errno::EISDIR);
+            }
+            if node.kind != libc::S_IFREG {
+                return Err(Errno::EINVAL);
+            }
+            let writable =
+                handle.filter(|h| h.is_on_upper() && (h.flags & libc::O_ACCMODE) != libc::O_RDONLY);
+            match writable {
+                Some(h) => sys::io::ftruncate(h.fd().as_fd(), size)?,
+                None => {
+                    let f = sys::fs::openat(
+                        dfd.as_fd(),
+                        cname,
+                        libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                        0,
+                    )?;
+                    sys::io::ftruncate(f.as_fd(), size)?;
+                }
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            sys::fs::utimensat(
+                dfd.as_fd(),
+                cname,
+                a.atime.unwrap_or(TimeSpec::Omit),
+                a.mtime.unwrap_or(TimeSpec::Omit),
+            )?;
+        }
+        self.node_attr(&node)
+    }
+}

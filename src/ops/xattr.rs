@@ -1,0 +1,132 @@
+//! Extended attributes of merged objects. Overlay markers are hidden; names
+//! in the overlay namespace are stored escaped (see `ovl_xattr`).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::fs::{Plyfs, Result};
+use crate::names::Name;
+use crate::node::Node;
+use crate::ovl_xattr::{self, Visible};
+use crate::sys::{self, Errno};
+
+/// How to reach a real object for xattr calls: (parent directory, name), or
+/// an open descriptor for layer roots, which have no parent.
+enum RealRef {
+    At(Arc<OwnedFd>, Name),
+    Open(OwnedFd),
+}
+
+impl RealRef {
+    fn get(&self, attr: &CString) -> Result<Vec<u8>> {
+        match self {
+            RealRef::At(d, n) => sys::xattr::get_at(d.as_fd(), n.as_cstr(), attr),
+            RealRef::Open(fd) => sys::xattr::fget(fd.as_fd(), attr),
+        }
+    }
+
+    fn list(&self) -> Result<Vec<u8>> {
+        match self {
+            RealRef::At(d, n) => sys::xattr::list_at(d.as_fd(), n.as_cstr()),
+            RealRef::Open(fd) => sys::xattr::flist(fd.as_fd()),
+        }
+    }
+
+    fn set(&self, attr: &CString, value: &[u8], flags: i32) -> Result<()> {
+        match self {
+            RealRef::At(d, n) => sys::xattr::set_at(d.as_fd(), n.as_cstr(), attr, value, flags),
+            RealRef::Open(fd) => sys::xattr::fset(fd.as_fd(), attr, value, flags),
+        }
+    }
+
+    fn remove(&self, attr: &CString) -> Result<()> {
+        match self {
+            RealRef::At(d, n) => sys::xattr::remove_at(d.as_fd(), n.as_cstr(), attr),
+            RealRef::Open(fd) => sys::xattr::fremove(fd.as_fd(), attr),
+        }
+    }
+}
+
+fn open_dir(fd: &OwnedFd) -> Result<OwnedFd> {
+    sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+impl Plyfs {
+    fn real_ref(&self, node: &Arc<Node>) -> Result<RealRef> {
+        if node.has_upper() {
+            if node.ino == crate::ino::ROOT {
+                return Ok(RealRef::Open(open_dir(&self.upper_layer()?.root)?));
+            }
+            let (pfd, name) = self.upper_loc(node)?;
+            return Ok(RealRef::At(pfd, name));
+        }
+        let lower = node
+            .state
+            .read()
+            .lowers
+            .first()
+            .cloned()
+            .ok_or(Errno::EIO)?;
+        if lower.parent.is_none() {
+            return Ok(RealRef::Open(open_dir(lower.dir_fd()?.as_ref())?));
+        }
+        let (pfd, name) = lower.locate()?;
+        Ok(RealRef::At(pfd, name))
+    }
+
+    fn check_acl(&self, name: &[u8]) -> Result<()> {
+        if self.cfg.noacl && name.starts_with(b"system.posix_acl_") {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
+    pub fn do_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        self.check_acl(name)?;
+        let node = self.node(ino)?;
+        let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
+        self.real_ref(&node)?.get(&attr)
+    }
+
+    /// The NUL-separated list of visible attribute names.
+    pub fn do_listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        let raw = self.real_ref(&node)?.list()?;
+        let mut out = Vec::with_capacity(raw.len());
+        for n in sys::xattr::split_list(&raw) {
+            if self.cfg.noacl && n.starts_with(b"system.posix_acl_") {
+                continue;
+            }
+            match ovl_xattr::classify(n) {
+                Visible::Plain(n) => out.extend_from_slice(n),
+                Visible::Unescaped(n) => out.extend_from_slice(&n),
+                Visible::Hidden => continue,
+            }
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn do_setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        self.check_acl(name)?;
+        let node = self.node(ino)?;
+        self.upper_layer()?;
+        self.copy_up(&node)?;
+        let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
+        self.real_ref(&node)?.set(&attr, value, flags)
+    }
+
+    pub fn do_removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        self.check_acl(name)?;
+        let node = self.node(ino)?;
+        self.upper_layer()?;
+        let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
+        if !node.has_upper() {
+            // Like the kernel: no copy-up just to learn the name is absent.
+            self.real_ref(&node)?.get(&attr)?;
+        }
+        self.copy_up(&node)?;
+        self.real_ref(&node)?.remove(&attr)
+    }
+}

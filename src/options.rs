@@ -1,0 +1,512 @@
+//! Parsing of `-o` mount option strings, compatible with fuse-overlayfs,
+//! mount(8)/mount.fuse3 and containers-storage.
+//!
+//! Option strings are bytes: layer paths may be any bytes but NUL. A comma
+//! separates options unless escaped as `\,` or inside double quotes (SELinux
+//! `context="a,b"`). In `lowerdir`, `:` separates layers and `\:` escapes it.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+/// One contiguous id range of a `uidmapping=`/`gidmapping=` option: ids
+/// `host..host+len` on disk appear as `container..container+len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub len: u32,
+}
+
+/// `xino=` (how inode numbers from several filesystems are combined).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Xino {
+    Off,
+    #[default]
+    Auto,
+    On,
+}
+
+/// Everything the `-o` options (and the long flags) can set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MountOptions {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+
+    // Standard FUSE / mount(8) options.
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub default_permissions: Option<bool>,
+    pub auto_unmount: bool,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub debug: bool,
+
+    // Union behaviour.
+    /// Skip fsync (podman's `volatile`, fuse-overlayfs' `fsync=0`).
+    pub volatile: bool,
+    /// Force `user.overlay.*` xattrs (kernel `userxattr`).
+    pub userxattr: bool,
+    pub uid_map: Vec<IdRange>,
+    pub gid_map: Vec<IdRange>,
+    pub squash_to_root: bool,
+    pub squash_to_uid: Option<u32>,
+    pub squash_to_gid: Option<u32>,
+    pub static_nlink: bool,
+    pub noacl: bool,
+    pub xino: Xino,
+    pub ino32: bool,
+    /// Entry/attribute cache timeout in seconds.
+    pub timeout: Option<f64>,
+    pub threads: Option<usize>,
+    pub xattr_permissions: u8,
+    /// `passthrough=on|off` (FUSE passthrough when the kernel allows it).
+    pub passthrough: Option<bool>,
+    /// `writeback=on|off` (kernel writeback cache when not passing through).
+    pub writeback: Option<bool>,
+    /// SELinux label; accepted and passed on to the kernel is not possible
+    /// for FUSE, so it is recorded and ignored.
+    pub context: Option<String>,
+}
+
+/// Splits an option string at unescaped commas outside double quotes.
+/// `\,` becomes `,`; other backslash escapes are kept for the value parser.
+pub fn split_options(s: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut in_quotes = false;
+    let mut i = 0;
+    while i < s.len() {
+        let c = s[i];
+        match c {
+            b'\\' if i + 1 < s.len() => {
+                if s[i + 1] == b',' {
+                    cur.push(b',');
+                } else {
+                    cur.push(b'\\');
+                    cur.push(s[i + 1]);
+                }
+                i += 2;
+                continue;
+            }
+            b'"' => {
+                in_quotes = !in_quotes;
+                cur.push(c);
+            }
+            b',' if !in_quotes => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+        i += 1;
+    }
+    out.push(cur);
+    out.retain(|o| !o.is_empty());
+    out
+}
+
+/// Splits a `lowerdir` value at unescaped colons and removes the escapes.
+/// `::` (data-only lowers in the kernel) is treated as a plain separator.
+pub fn split_lowerdir(v: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'\\' if i + 1 < v.len() => {
+                cur.push(v[i + 1]);
+                i += 2;
+                continue;
+            }
+            b':' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+        i += 1;
+    }
+    out.push(cur);
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// Removes backslash escapes from a single path value.
+pub fn unescape(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\\' && i + 1 < v.len() {
+            out.push(v[i + 1]);
+            i += 2;
+        } else {
+            out.push(v[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn path(v: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(v.to_vec()))
+}
+
+fn text(key: &str, v: &[u8]) -> Result<String, String> {
+    String::from_utf8(v.to_vec()).map_err(|_| format!("option {key}: value is not valid UTF-8"))
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: &[u8]) -> Result<T, String> {
+    let s = text(key, v)?;
+    s.trim()
+        .parse()
+        .map_err(|_| format!("option {key}: invalid number {s:?}"))
+}
+
+fn on_off(key: &str, v: &[u8]) -> Result<bool, String> {
+    match v {
+        b"on" | b"1" | b"true" | b"yes" => Ok(true),
+        b"off" | b"0" | b"false" | b"no" => Ok(false),
+        _ => Err(format!(
+            "option {key}: expected on or off, got {:?}",
+            String::from_utf8_lossy(v)
+        )),
+    }
+}
+
+/// Parses `C:H:S[:C:H:S...]` (fuse-overlayfs mapping syntax).
+pub fn parse_id_map(key: &str, v: &[u8]) -> Result<Vec<IdRange>, String> {
+    let s = text(key, v)?;
+    let nums: Result<Vec<u32>, _> = s.split(':').map(|p| p.trim().parse::<u32>()).collect();
+    let nums = nums.map_err(|_| format!("option {key}: expected C:H:S[:C:H:S...], got {s:?}"))?;
+    if nums.is_empty() || nums.len() % 3 != 0 {
+        return Err(format!(
+            "option {key}: expected triples C:H:S[:C:H:S...], got {s:?}"
+        ));
+    }
+    let ranges: Vec<IdRange> = nums
+        .chunks(3)
+        .map(|c| IdRange {
+            container: c[0],
+            host: c[1],
+            len: c[2],
+        })
+        .collect();
+    for r in &ranges {
+        if r.len == 0
+            || r.container.checked_add(r.len - 1).is_none()
+            || r.host.checked_add(r.len - 1).is_none()
+        {
+            return Err(format!("option {key}: invalid range in {s:?}"));
+        }
+    }
+    Ok(ranges)
+}
+
+/// Flags mount(8), mount.fuse3, fstab or container tools pass that have no
+/// meaning for plyfs, or whose effect the kernel applies by itself.
+const IGNORED: &[&str] = &[
+    "rw",
+    "dev",
+    "suid",
+    "exec",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "atime",
+    "diratime",
+    "nodiratime",
+    "iversion",
+    "noiversion",
+    "async",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "private",
+    "rprivate",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "unbindable",
+    "runbindable",
+    "bind",
+    "rbind",
+    "threaded",
+    "clone_fd",
+    "noxattrs=0",
+    "nfs_export=off",
+    "metacopy=off",
+    "index=off",
+    "redirect_dir=on",
+    "redirect_dir=follow",
+    "uuid=on",
+    "uuid=auto",
+    "uuid=null",
+    "uuid=off",
+    "verity=off",
+];
+
+impl MountOptions {
+    /// Applies one `-o` argument (a comma-separated list).
+    pub fn apply_str(&mut self, s: &[u8]) -> Result<(), String> {
+        for opt in split_options(s) {
+            self.apply_one(&opt)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a single option.
+    pub fn apply_one(&mut self, opt: &[u8]) -> Result<(), String> {
+        let (key, value) = match opt.iter().position(|&b| b == b'=') {
+            Some(i) => (&opt[..i], Some(&opt[i + 1..])),
+            None => (opt, None),
+        };
+        let key_str = String::from_utf8_lossy(key).into_owned();
+        let k = key_str.as_str();
+        let need = |v: Option<&[u8]>| -> Result<Vec<u8>, String> {
+            v.map(<[u8]>::to_vec)
+                .ok_or_else(|| format!("option {k} needs a value ({k}=...)"))
+        };
+        if value.is_none() && IGNORED.contains(&k) {
+            return Ok(());
+        }
+        if let Some(v) = value {
+            let full = format!("{k}={}", String::from_utf8_lossy(v));
+            if IGNORED.contains(&full.as_str()) {
+                return Ok(());
+            }
+        }
+        match k {
+            "lowerdir" => {
+                let v = need(value)?;
+                let lowers = split_lowerdir(&v);
+                if lowers.is_empty() {
+                    return Err("option lowerdir: no lower directory given".into());
+                }
+                self.lowers = lowers.iter().map(|p| path(p)).collect();
+            }
+            "upperdir" => self.upper = Some(path(&unescape(&need(value)?))),
+            "workdir" => self.work = Some(path(&unescape(&need(value)?))),
+            "allow_other" => self.allow_other = true,
+            "allow_root" => self.allow_root = true,
+            "default_permissions" => self.default_permissions = Some(true),
+            "auto_unmount" => self.auto_unmount = true,
+            "fsname" => self.fsname = Some(text(k, &need(value)?)?),
+            "subtype" => self.subtype = Some(text(k, &need(value)?)?),
+            "ro" => self.read_only = true,
+            "nodev" => self.nodev = true,
+            "nosuid" => self.nosuid = true,
+            "noexec" => self.noexec = true,
+            "noatime" => self.noatime = true,
+            "sync" => self.sync = true,
+            "dirsync" => self.dirsync = true,
+            "debug" => self.debug = true,
+            "volatile" => self.volatile = true,
+            "fsync" => self.volatile = !on_off(k, &need(value)?)?,
+            "userxattr" => self.userxattr = true,
+            "uidmapping" => self.uid_map = parse_id_map(k, &need(value)?)?,
+            "gidmapping" => self.gid_map = parse_id_map(k, &need(value)?)?,
+            "squash_to_root" => self.squash_to_root = true,
+            "squash_to_uid" => self.squash_to_uid = Some(number(k, &need(value)?)?),
+            "squash_to_gid" => self.squash_to_gid = Some(number(k, &need(value)?)?),
+            "static_nlink" => self.static_nlink = true,
+            "noacl" => self.noacl = true,
+            "xino" => {
+                self.xino = match need(value)?.as_slice() {
+                    b"off" => Xino::Off,
+                    b"auto" => Xino::Auto,
+                    b"on" => Xino::On,
+                    other => {
+                        return Err(format!(
+                            "option xino: expected off, auto or on, got {:?}",
+                            String::from_utf8_lossy(other)
+                        ));
+                    }
+                }
+            }
+            "ino32_t" => self.ino32 = true,
+            "timeout" => {
+                let t: f64 = number(k, &need(value)?)?;
+                if !(t.is_finite() && t >= 0.0) {
+                    return Err(format!("option timeout: invalid value {t}"));
+                }
+                self.timeout = Some(t);
+            }
+            "threads" | "max_threads" => {
+                let n: usize = number(k, &need(value)?)?;
+                if n == 0 {
+                    return Err(format!("option {k}: must be at least 1"));
+                }
+                self.threads = Some(n);
+            }
+            "xattr_permissions" => {
+                let n: u8 = number(k, &need(value)?)?;
+                if n > 2 {
+                    return Err("option xattr_permissions: expected 0, 1 or 2".into());
+                }
+                self.xattr_permissions = n;
+            }
+            "passthrough" => self.passthrough = Some(on_off(k, &need(value)?)?),
+            "writeback" => self.writeback = Some(on_off(k, &need(value)?)?),
+            "context" | "fscontext" | "defcontext" | "rootcontext" => {
+                self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
+            }
+            "redirect_dir" | "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
+                return Err(format!(
+                    "option {}: this value is not supported by plyfs",
+                    String::from_utf8_lossy(opt)
+                ));
+            }
+            _ if k.starts_with("x-") || k.starts_with("comment=") => {}
+            _ => {
+                return Err(format!(
+                    "unknown option {:?} (see plyfs --help)",
+                    String::from_utf8_lossy(opt)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<MountOptions, String> {
+        let mut o = MountOptions::default();
+        o.apply_str(s.as_bytes())?;
+        Ok(o)
+    }
+
+    #[test]
+    fn basic_layers() {
+        let o = parse("lowerdir=/a:/b:/c,upperdir=/u,workdir=/w").unwrap();
+        assert_eq!(
+            o.lowers,
+            vec![PathBuf::from("/a"), "/b".into(), "/c".into()]
+        );
+        assert_eq!(o.upper, Some("/u".into()));
+        assert_eq!(o.work, Some("/w".into()));
+    }
+
+    #[test]
+    fn escaped_colon_and_comma() {
+        let o = parse(r"lowerdir=/a\:x:/b\,y,upperdir=/u\:1,workdir=/w").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:x"), "/b,y".into()]);
+        assert_eq!(o.upper, Some("/u:1".into()));
+    }
+
+    #[test]
+    fn quoted_context_keeps_commas() {
+        let o = parse(r#"lowerdir=/a,context="system_u:object_r:container_file_t:s0:c1,c2",rw"#)
+            .unwrap();
+        assert_eq!(
+            o.context.as_deref(),
+            Some("system_u:object_r:container_file_t:s0:c1,c2")
+        );
+        assert_eq!(o.lowers.len(), 1);
+    }
+
+    #[test]
+    fn ignores_harmless_flags_and_empty_elements() {
+        let o =
+            parse("rw,lowerdir=/a,,dev,suid,relatime,lazytime,exec,noatime,nodev,nosuid,private,,")
+                .unwrap();
+        assert!(o.noatime && o.nodev && o.nosuid);
+        assert_eq!(o.lowers.len(), 1);
+    }
+
+    #[test]
+    fn podman_options() {
+        let o = parse(
+            "lowerdir=/l1:/l2,upperdir=/d/diff,workdir=/d/work,,volatile,xattr_permissions=2",
+        )
+        .unwrap();
+        assert!(o.volatile);
+        assert_eq!(o.xattr_permissions, 2);
+        let o = parse("lowerdir=/a,fsync=0").unwrap();
+        assert!(o.volatile);
+    }
+
+    #[test]
+    fn fuse_options() {
+        let o =
+            parse("lowerdir=/a,allow_other,default_permissions,auto_unmount,fsname=src,subtype=x")
+                .unwrap();
+        assert!(o.allow_other && o.auto_unmount);
+        assert_eq!(o.default_permissions, Some(true));
+        assert_eq!(o.fsname.as_deref(), Some("src"));
+        assert_eq!(o.subtype.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn mappings() {
+        let o =
+            parse("lowerdir=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1").unwrap();
+        assert_eq!(o.uid_map.len(), 2);
+        assert_eq!(
+            o.uid_map[1],
+            IdRange {
+                container: 1,
+                host: 100000,
+                len: 65536
+            }
+        );
+        assert!(parse("lowerdir=/a,uidmapping=0:1000").is_err());
+        assert!(parse("lowerdir=/a,uidmapping=0:x:1").is_err());
+        assert!(parse("lowerdir=/a,uidmapping=0:1:0").is_err());
+    }
+
+    #[test]
+    fn misc_options() {
+        let o = parse("lowerdir=/a,squash_to_uid=5,squash_to_gid=6,static_nlink,noacl,xino=off,ino32_t,timeout=2.5")
+            .unwrap();
+        assert_eq!(o.squash_to_uid, Some(5));
+        assert_eq!(o.squash_to_gid, Some(6));
+        assert!(o.static_nlink && o.noacl && o.ino32);
+        assert_eq!(o.xino, Xino::Off);
+        assert_eq!(o.timeout, Some(2.5));
+        assert!(parse("lowerdir=/a,xino=maybe").is_err());
+        assert!(parse("lowerdir=/a,timeout=-1").is_err());
+    }
+
+    #[test]
+    fn unknown_and_malformed() {
+        let e = parse("lowerdir=/a,frobnicate").unwrap_err();
+        assert!(e.contains("unknown option"), "{e}");
+        assert!(parse("lowerdir").unwrap_err().contains("needs a value"));
+        assert!(parse("lowerdir=").is_err());
+        assert!(parse("lowerdir=/a,metacopy=on").is_err());
+        assert!(parse("lowerdir=/a,redirect_dir=on").is_ok());
+    }
+
+    #[test]
+    fn non_utf8_paths() {
+        let mut o = MountOptions::default();
+        o.apply_str(b"lowerdir=/a\xff:/b,upperdir=/u\xfe").unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(o.lowers[0].as_os_str().as_bytes(), b"/a\xff");
+        assert_eq!(o.upper.unwrap().as_os_str().as_bytes(), b"/u\xfe");
+    }
+
+    #[test]
+    fn split_helpers() {
+        assert_eq!(split_options(b"a,,b"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(split_lowerdir(b"a::b"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(unescape(br"a\:b\\c"), b"a:b\\c".to_vec());
+    }
+}

@@ -1,0 +1,348 @@
+//! Resolving a name in a merged directory.
+//!
+//! Top-down: the upper layer, then each lower directory of the parent's
+//! stack. The first object found wins; a whiteout hides the name; a
+//! non-directory hides everything below it; directories merge down to the
+//! first opaque one.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use fuser::FileAttr;
+
+use crate::fs::{Plyfs, Result};
+use crate::lower::LowerObj;
+use crate::names::Name;
+use crate::node::{Alias, Ident, Node, NodeState};
+use crate::origin;
+use crate::ovl_xattr::Prefix;
+use crate::sys::{self, Errno, fs::Stat};
+use crate::whiteout::{self, OpaqueValue};
+
+/// A visible object at some name.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// `lstat` of the top object (upper if present).
+    pub stat: Stat,
+    /// Identity of the upper object, if the name exists in the upper layer.
+    pub upper: Option<Ident>,
+    /// Directories: the lower stack. Non-directories: the lower object when
+    /// there is no upper one.
+    pub lowers: Vec<Arc<LowerObj>>,
+    /// False when the lower stack still needs its opaque markers applied.
+    pub stack_checked: bool,
+    /// Upper directory markers.
+    pub opaque: bool,
+    pub impure: bool,
+    pub xattr_whiteouts: bool,
+    /// Raw `overlay.origin` of the upper object, when read.
+    pub origin: Option<Vec<u8>>,
+}
+
+/// Result of resolving a name.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(Found),
+    /// Nothing visible. `whiteout`: the upper layer holds a whiteout there.
+    Missing {
+        whiteout: bool,
+    },
+}
+
+impl Found {
+    fn upper_only(st: Stat) -> Found {
+        Found {
+            kind: st.file_type(),
+            stat: st,
+            upper: Some((st.dev, st.ino)),
+            lowers: Vec::new(),
+            stack_checked: true,
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+        }
+    }
+
+    /// The identity of the real object the name shows.
+    pub fn real_ident(&self) -> Option<Ident> {
+        self.upper
+            .or_else(|| self.lowers.first().map(|l| (l.dev, l.ino)))
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    /// Whether something from a lower layer shows at this name (so that
+    /// removing it needs a whiteout).
+    pub fn has_lower(&self) -> bool {
+        !self.lowers.is_empty()
+    }
+}
+
+/// Whether an entry `st` at `name` in a directory is an xattr whiteout.
+fn is_xattr_whiteout(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &Name,
+    st: &Stat,
+    prefixes: &[Prefix],
+) -> Result<bool> {
+    if !st.is_reg() || st.size != 0 {
+        return Ok(false);
+    }
+    Ok(whiteout::file_markers(dir, name.as_cstr(), prefixes)?.xattr_whiteout)
+}
+
+const BOTH: [Prefix; 2] = [Prefix::Trusted, Prefix::User];
+
+impl Plyfs {
+    /// Prefixes whose markers count in the upper layer.
+    pub fn upper_prefixes(&self) -> &'static [Prefix] {
+        // Markers from either prefix are honoured, so an upper written by a
+        // rootless mount reads the same when mounted by root.
+        &BOTH
+    }
+
+    /// Resolves `name` in the merged directory `parent`.
+    pub fn resolve(&self, parent: &Arc<Node>, name: &Name) -> Result<Lookup> {
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let (p_upper, p_impure, p_xwo) = {
+            let s = parent.state.read();
+            (s.upper.is_some(), s.impure, s.xattr_whiteouts)
+        };
+        let mut top: Option<Found> = None;
+        if p_upper {
+            let pfd = self.upper_dir_fd(parent)?;
+            match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+                Ok(st) => {
+                    if whiteout::is_char_whiteout(&st)
+                        || (p_xwo
+                            && is_xattr_whiteout(pfd.as_fd(), name, &st, self.upper_prefixes())?)
+                    {
+                        return Ok(Lookup::Missing { whiteout: true });
+                    }
+                    let mut f = Found::upper_only(st);
+                    if st.is_dir() {
+                        let m = whiteout::dir_markers(
+                            pfd.as_fd(),
+                            name.as_cstr(),
+                            self.upper_prefixes(),
+                        )?;
+                        f.opaque = m.opaque == OpaqueValue::Opaque;
+                        f.xattr_whiteouts = m.opaque == OpaqueValue::XattrWhiteouts;
+                        f.impure = m.impure;
+                        f.origin = m.origin;
+                        if f.opaque {
+                            return Ok(Lookup::Found(f));
+                        }
+                        top = Some(f);
+                    } else {
+                        if p_impure {
+                            f.origin = whiteout::file_markers(
+                                pfd.as_fd(),
+                                name.as_cstr(),
+                                self.upper_prefixes(),
+                            )?
+                            .origin;
+                        }
+                        return Ok(Lookup::Found(f));
+                    }
+                }
+                Err(e) if e.code() == libc::ENOENT => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let stack = self.dir_stack(parent)?;
+        let oci = whiteout::oci_whiteout_name(name.as_bytes())
+            .map(|n| Name::new(&n))
+            .transpose()?;
+        let mut lowers: Vec<Arc<LowerObj>> = Vec::new();
+        for lo in stack.iter() {
+            let lfd = lo.dir_fd()?;
+            match sys::fs::lstatat(lfd.as_fd(), name.as_cstr()) {
+                Ok(st) => {
+                    if whiteout::is_char_whiteout(&st)
+                        || (st.is_reg()
+                            && st.size == 0
+                            && lo.dir_info()?.xattr_whiteouts
+                            && is_xattr_whiteout(lfd.as_fd(), name, &st, &BOTH)?)
+                    {
+                        break;
+                    }
+                    let first = top.is_none() && lowers.is_empty();
+                    if !st.is_dir() {
+                        if first {
+                            let obj = Arc::new(LowerObj::from_stat(lo, name.as_bytes(), &st));
+                            return Ok(Lookup::Found(Found {
+                                kind: st.file_type(),
+                                stat: st,
+                                upper: None,
+                                lowers: vec![obj],
+                                stack_checked: true,
+                                opaque: false,
+                                impure: false,
+                                xattr_whiteouts: false,
+                                origin: None,
+                            }));
+                        }
+                        // A non-directory below a directory ends the merge.
+                        break;
+                    }
+                    let obj = Arc::new(LowerObj::from_stat(lo, name.as_bytes(), &st));
+                    let opaque = obj.dir_info()?.opaque;
+                    if first {
+                        top = Some(Found {
+                            kind: libc::S_IFDIR,
+                            stat: st,
+                            upper: None,
+                            lowers: Vec::new(),
+                            stack_checked: true,
+                            opaque: false,
+                            impure: false,
+                            xattr_whiteouts: false,
+                            origin: None,
+                        });
+                    }
+                    lowers.push(obj);
+                    if opaque {
+                        break;
+                    }
+                }
+                Err(e) if e.code() == libc::ENOENT => {
+                    if let Some(wh) = &oci {
+                        match sys::fs::lstatat(lfd.as_fd(), wh.as_cstr()) {
+                            Ok(_) => break,
+                            Err(e) if e.code() == libc::ENOENT => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match top {
+            Some(mut f) => {
+                f.lowers = lowers;
+                Ok(Lookup::Found(f))
+            }
+            None => Ok(Lookup::Missing { whiteout: false }),
+        }
+    }
+
+    /// Resolves and requires a visible object.
+    pub fn resolve_found(&self, parent: &Arc<Node>, name: &Name) -> Result<Found> {
+        match self.resolve(parent, name)? {
+            Lookup::Found(f) => Ok(f),
+            Lookup::Missing { .. } => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The identity that determines the inode number of a found object: the
+    /// lower object it came from when known, else the real object.
+    pub fn number_ident(&self, f: &Found) -> Result<Ident> {
+        let Some(upper) = f.upper else {
+            return f.lowers.first().map(|l| (l.dev, l.ino)).ok_or(Errno::EIO);
+        };
+        if let Some(o) = f.origin.as_deref().and_then(origin::decode) {
+            for l in &f.lowers {
+                let magic = self.lowers.get(l.layer).map(|x| x.fs_magic).unwrap_or(0);
+                if o.inode_number(magic) == Some(l.ino) {
+                    return Ok((l.dev, l.ino));
+                }
+            }
+            let zero = o.uuid == [0; 16];
+            for layer in &self.lowers {
+                if (zero || layer.uuid == o.uuid)
+                    && let Some(ino) = o.inode_number(layer.fs_magic)
+                {
+                    return Ok((layer.root.dev, ino));
+                }
+            }
+        }
+        Ok(upper)
+    }
+
+    /// The inode number a found object gets.
+    pub fn number_of(&self, f: &Found) -> Result<u64> {
+        if let Some(u) = f.upper {
+            // Objects copied up in this mount keep their node's number.
+            let n = self.inos.map(u);
+            if f.origin.is_none() {
+                return Ok(n);
+            }
+        }
+        Ok(self.inos.map(self.number_ident(f)?))
+    }
+
+    /// Takes a kernel reference on the node for `f`, found as `name` in
+    /// `parent`, and returns it with its attributes.
+    pub fn remember(
+        &self,
+        parent: &Arc<Node>,
+        name: &Name,
+        f: Found,
+    ) -> Result<(Arc<Node>, FileAttr)> {
+        let ino = self.number_of(&f)?;
+        let alias = Alias {
+            parent: parent.ino,
+            name: name.as_bytes().into(),
+        };
+        let mut sibling = false;
+        let node = self.table.remember(
+            ino,
+            |n| {
+                if n.kind != f.kind {
+                    return false;
+                }
+                let s = n.state.read();
+                if s.unlinked {
+                    return false;
+                }
+                match (s.upper, f.upper) {
+                    (Some(a), Some(b)) => a == b,
+                    (None, None) => {
+                        s.lowers.first().map(|l| (l.dev, l.ino))
+                            == f.lowers.first().map(|l| (l.dev, l.ino))
+                    }
+                    // A name still showing the lower object of a node that
+                    // was copied up through another hard link.
+                    (Some(_), None) => {
+                        sibling = !n.is_dir()
+                            && s.lowers.first().map(|l| (l.dev, l.ino))
+                                == f.lowers.first().map(|l| (l.dev, l.ino));
+                        sibling
+                    }
+                    (None, Some(_)) => false,
+                }
+            },
+            || {
+                Node::new(
+                    ino,
+                    f.kind,
+                    NodeState {
+                        aliases: vec![alias.clone()],
+                        upper: f.upper,
+                        lowers: f.lowers.clone().into(),
+                        stack_checked: f.stack_checked,
+                        opaque: f.opaque,
+                        impure: f.impure,
+                        xattr_whiteouts: f.xattr_whiteouts,
+                        unlinked: false,
+                    },
+                )
+            },
+        );
+        node.add_alias(alias);
+        let attr = if sibling {
+            self.node_attr(&node)?
+        } else {
+            self.attr_from(&node, &f.stat)?
+        };
+        Ok((node, attr))
+    }
+}

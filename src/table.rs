@@ -1,0 +1,142 @@
+//! The inode table: node id -> node, with the kernel's lookup counts.
+//!
+//! The kernel holds a reference per successful lookup (and per readdirplus
+//! entry) and gives them back with FORGET. A node stays in the table while
+//! the kernel holds references; node ids are reused only with a new
+//! generation, and the lookup count carries over so that late FORGETs for the
+//! old generation still balance.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+
+use crate::node::Node;
+
+struct Slot {
+    node: Arc<Node>,
+    lookups: u64,
+}
+
+#[derive(Default)]
+pub struct Table {
+    map: DashMap<u64, Slot>,
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.map.get(&ino).map(|s| s.node.clone())
+    }
+
+    /// Installs a node that is never forgotten (the root).
+    pub fn insert_pinned(&self, node: Arc<Node>) {
+        self.map.insert(
+            node.ino,
+            Slot {
+                node,
+                lookups: u64::MAX / 2,
+            },
+        );
+    }
+
+    /// Takes one kernel reference on the node for `ino`. If a node with that
+    /// id exists and `same` says it is the object just resolved, it is
+    /// returned; otherwise `make` builds a new node that replaces it.
+    /// `same` and `make` run under the table's shard lock: no I/O in them.
+    pub fn remember(
+        &self,
+        ino: u64,
+        same: impl FnOnce(&Arc<Node>) -> bool,
+        make: impl FnOnce() -> Node,
+    ) -> Arc<Node> {
+        let (node, replaced) = match self.map.entry(ino) {
+            MapEntry::Occupied(mut e) => {
+                let slot = e.get_mut();
+                slot.lookups = slot.lookups.saturating_add(1);
+                if same(&slot.node) {
+                    (slot.node.clone(), None)
+                } else {
+                    let new = Arc::new(make());
+                    let old = std::mem::replace(&mut slot.node, new.clone());
+                    (new, Some(old))
+                }
+            }
+            MapEntry::Vacant(e) => {
+                let node = Arc::new(make());
+                e.insert(Slot {
+                    node: node.clone(),
+                    lookups: 1,
+                });
+                (node, None)
+            }
+        };
+        // The replaced node may hold the last reference to other nodes'
+        // objects: drop it after the shard lock is released.
+        drop(replaced);
+        node
+    }
+
+    /// Takes one more kernel reference on a node already in the table.
+    pub fn add_ref(&self, ino: u64) -> Option<Arc<Node>> {
+        let mut slot = self.map.get_mut(&ino)?;
+        slot.lookups = slot.lookups.saturating_add(1);
+        Some(slot.node.clone())
+    }
+
+    /// Gives back `n` kernel references; the node leaves the table at zero.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let removed = self.map.remove_if_mut(&ino, |_, slot| {
+            slot.lookups = slot.lookups.saturating_sub(n);
+            slot.lookups == 0
+        });
+        drop(removed);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeState;
+
+    fn node(ino: u64) -> Node {
+        Node::new(ino, libc::S_IFREG, NodeState::default())
+    }
+
+    #[test]
+    fn lookups_and_forget() {
+        let t = Table::new();
+        let a = t.remember(5, |_| true, || node(5));
+        let b = t.remember(5, |_| true, || node(5));
+        assert!(Arc::ptr_eq(&a, &b));
+        t.forget(5, 1);
+        assert!(t.get(5).is_some());
+        t.forget(5, 1);
+        assert!(t.get(5).is_none());
+    }
+
+    #[test]
+    fn replacement_keeps_count() {
+        let t = Table::new();
+        let a = t.remember(7, |_| true, || node(7));
+        let b = t.remember(7, |_| false, || node(7));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_ne!(a.generation, b.generation);
+        // The old generation's reference is forgotten later: the new node stays.
+        t.forget(7, 1);
+        assert!(Arc::ptr_eq(&t.get(7).unwrap(), &b));
+        t.forget(7, 1);
+        assert!(t.get(7).is_none());
+    }
+}
