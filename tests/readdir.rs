@@ -1,0 +1,335 @@
+//! Merged directory listings through readdir(3): content, `.`/`..`,
+//! d_ino consistency, telldir/seekdir, and changes during a listing.
+
+mod common;
+mod sem;
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+use sem::*;
+
+fn name_set(v: &[DirEnt]) -> BTreeSet<Vec<u8>> {
+    v.iter()
+        .map(|e| e.name.clone())
+        .filter(|n| n != b"." && n != b"..")
+        .collect()
+}
+
+/// Panics if any name appears twice.
+fn assert_unique(v: &[DirEnt]) {
+    let mut count: HashMap<&[u8], usize> = HashMap::new();
+    for e in v {
+        *count.entry(&e.name).or_default() += 1;
+    }
+    let dups: Vec<_> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, c)| format!("{} x{c}", String::from_utf8_lossy(n)))
+        .collect();
+    assert!(dups.is_empty(), "duplicate entries: {dups:?}");
+}
+
+fn s(v: &[&str]) -> BTreeSet<Vec<u8>> {
+    v.iter().map(|x| x.as_bytes().to_vec()).collect()
+}
+
+fn merged_setup(l: &Layers) {
+    write(&l.upper.join("d/u1"), b"");
+    write(&l.upper.join("d/both"), b"upper");
+    whiteout(&l.upper.join("d/gone"));
+    write(&l.lower(0).join("d/l0"), b"");
+    write(&l.lower(0).join("d/both"), b"lower0");
+    write(&l.lower(0).join("d/gone"), b"");
+    std::fs::create_dir_all(l.lower(0).join("d/sub")).unwrap();
+    write(&l.lower(1).join("d/l1"), b"");
+    write(&l.lower(1).join("d/both"), b"lower1");
+    write(&l.lower(1).join("d/sub/x"), b"");
+    whiteout(&l.lower(0).join("d/gone1"));
+    write(&l.lower(1).join("d/gone1"), b"");
+}
+
+#[test]
+fn merged_listing_is_union_without_duplicates_or_whiteouts() {
+    if !require_root("merged_listing_is_union_without_duplicates_or_whiteouts") {
+        return;
+    }
+    let (p, k) = plyfs_and_kernel(2, merged_setup, |mnt, _| {
+        let v = readdir_all(&mnt.join("d"));
+        assert_unique(&v);
+        name_set(&v)
+    });
+    assert_eq!(k, s(&["both", "l0", "l1", "sub", "u1"]), "kernel");
+    assert_eq!(p, k);
+}
+
+#[test]
+fn dot_and_dotdot_are_listed_once_everywhere() {
+    if !require_root("dot_and_dotdot_are_listed_once_everywhere") {
+        return;
+    }
+    let l = Layers::new(2);
+    merged_setup(&l);
+    write(&l.upper.join("uonly/f"), b"");
+    write(&l.lower(1).join("lonly/f"), b"");
+    let m = l.mount();
+    std::fs::create_dir(m.mnt.join("fresh")).unwrap();
+    for dir in ["", "d", "d/sub", "uonly", "lonly", "fresh"] {
+        let v = readdir_all(&m.mnt.join(dir));
+        for dot in [&b"."[..], b".."] {
+            let n = v.iter().filter(|e| e.name == dot).count();
+            assert_eq!(
+                n,
+                1,
+                "{dir:?}: {} listed {n} times",
+                String::from_utf8_lossy(dot)
+            );
+        }
+    }
+    let fresh = readdir_all(&m.mnt.join("fresh"));
+    assert_eq!(fresh.len(), 2, "{fresh:?}");
+}
+
+#[test]
+fn d_ino_and_d_type_match_stat() {
+    if !require_root("d_ino_and_d_type_match_stat") {
+        return;
+    }
+    let l = Layers::new(2);
+    merged_setup(&l);
+    write(&l.upper.join("uonly/f"), b"");
+    write(&l.lower(1).join("lonly/f"), b"");
+    std::os::unix::fs::symlink("f", l.lower(1).join("lonly/link")).unwrap();
+    let m = l.mount();
+    // A copied-up file and a freshly created one, too.
+    std::fs::write(m.mnt.join("d/l1"), b"copied up").unwrap();
+    std::fs::write(m.mnt.join("d/new"), b"new").unwrap();
+    for dir in ["", "d", "d/sub", "uonly", "lonly"] {
+        let dpath = m.mnt.join(dir);
+        for e in readdir_all(&dpath) {
+            let path = match &e.name[..] {
+                b"." => dpath.clone(),
+                b".." if dir.is_empty() => continue, // outside the mount
+                b".." => dpath.parent().unwrap().to_path_buf(),
+                n => bpath(&dpath, n),
+            };
+            let md = lstat(&path).unwrap();
+            assert_eq!(
+                e.ino,
+                md.ino(),
+                "d_ino of {dir}/{} differs from st_ino",
+                String::from_utf8_lossy(&e.name)
+            );
+            let dt = match kind_char(md.file_type()) {
+                'd' => libc::DT_DIR,
+                'f' => libc::DT_REG,
+                'l' => libc::DT_LNK,
+                _ => libc::DT_UNKNOWN,
+            };
+            assert!(
+                e.typ == dt || e.typ == libc::DT_UNKNOWN,
+                "d_type of {dir}/{} is {} but the file is {:?}",
+                String::from_utf8_lossy(&e.name),
+                e.typ,
+                md.file_type()
+            );
+        }
+    }
+}
+
+/// 1000 visible names spread over three layers with overlaps and whiteouts.
+fn big_dir(l: &Layers) -> BTreeSet<Vec<u8>> {
+    let name = |i: usize| format!("entry-{i:04}");
+    let mut expect = BTreeSet::new();
+    std::fs::create_dir_all(l.upper.join("big")).unwrap();
+    std::fs::create_dir_all(l.lower(0).join("big")).unwrap();
+    std::fs::create_dir_all(l.lower(1).join("big")).unwrap();
+    for i in 0..350 {
+        write(&l.upper.join("big").join(name(i)), b"u");
+    }
+    for i in 300..700 {
+        write(&l.lower(0).join("big").join(name(i)), b"0");
+    }
+    for i in 650..1050 {
+        write(&l.lower(1).join("big").join(name(i)), b"1");
+    }
+    // The last 50 are whited out in the upper layer.
+    for i in 1000..1050 {
+        whiteout(&l.upper.join("big").join(name(i)));
+    }
+    for i in 0..1000 {
+        expect.insert(name(i).into_bytes());
+    }
+    expect
+}
+
+#[test]
+fn big_merged_dir_lists_every_name_once() {
+    if !require_root("big_merged_dir_lists_every_name_once") {
+        return;
+    }
+    let l = Layers::new(2);
+    let expect = big_dir(&l);
+    let m = l.mount();
+    let v = readdir_all(&m.mnt.join("big"));
+    assert_unique(&v);
+    assert_eq!(name_set(&v), expect);
+}
+
+#[test]
+fn telldir_seekdir_round_trip_on_big_dir() {
+    if !require_root("telldir_seekdir_round_trip_on_big_dir") {
+        return;
+    }
+    let l = Layers::new(2);
+    big_dir(&l);
+    let m = l.mount();
+    let mut d = Dir::open(&m.mnt.join("big")).unwrap();
+    let first = d.take(350);
+    assert_eq!(first.len(), 350);
+    let pos = d.tell();
+    let more = d.take(200);
+    assert_eq!(more.len(), 200);
+    d.seek(pos);
+    let again = d.take(200);
+    assert_eq!(again, more, "after seekdir back, the sequence differs");
+
+    // Positions remembered at many points, revisited out of order.
+    let mut d = Dir::open(&m.mnt.join("big")).unwrap();
+    let mut marks = Vec::new(); // (position, entry read right after it)
+    loop {
+        let pos = d.tell();
+        let Some(e) = d.next_entry() else { break };
+        marks.push((pos, e));
+        d.take(96);
+    }
+    assert!(marks.len() >= 10, "{} marks", marks.len());
+    for (pos, e) in marks.iter().rev().chain(marks.iter().step_by(3)) {
+        d.seek(*pos);
+        assert_eq!(d.next_entry().as_ref(), Some(e));
+    }
+}
+
+/// POSIX: entries neither added nor removed during a listing are returned
+/// exactly once; the others may or may not be.
+fn listing_survives_changes(dir: &Path, present: &BTreeSet<Vec<u8>>) {
+    let mut d = Dir::open(dir).unwrap();
+    let mut got = d.take(100);
+    let seen_so_far = name_set(&got);
+    let unseen: Vec<_> = present.difference(&seen_so_far).cloned().collect();
+    // Remove every fourth entry not yet returned, and add new ones.
+    let removed: BTreeSet<Vec<u8>> = unseen.iter().step_by(4).cloned().collect();
+    for n in &removed {
+        std::fs::remove_file(bpath(dir, n)).unwrap();
+    }
+    for i in 0..60 {
+        std::fs::write(dir.join(format!("added-{i:03}")), b"").unwrap();
+    }
+    got.extend(d.rest());
+    assert_unique(&got);
+    let got = name_set(&got);
+    for n in present.difference(&removed) {
+        assert!(got.contains(n), "{} missing", String::from_utf8_lossy(n));
+    }
+    for n in &got {
+        assert!(
+            present.contains(n) || n.starts_with(b"added-"),
+            "unexpected {}",
+            String::from_utf8_lossy(n)
+        );
+    }
+}
+
+#[test]
+fn changes_during_listing_of_merged_dir() {
+    if !require_root("changes_during_listing_of_merged_dir") {
+        return;
+    }
+    let l = Layers::new(2);
+    let expect = big_dir(&l);
+    let m = l.mount();
+    listing_survives_changes(&m.mnt.join("big"), &expect);
+}
+
+#[test]
+fn changes_during_listing_of_upper_only_dir() {
+    let l = Layers::new(1);
+    let mut expect = BTreeSet::new();
+    for i in 0..400 {
+        let n = format!("u{i:03}");
+        write(&l.upper.join("dir").join(&n), b"");
+        expect.insert(n.into_bytes());
+    }
+    let m = l.mount();
+    listing_survives_changes(&m.mnt.join("dir"), &expect);
+}
+
+#[test]
+fn changes_during_listing_of_lower_only_dir() {
+    let l = Layers::new(1);
+    let mut expect = BTreeSet::new();
+    for i in 0..400 {
+        let n = format!("l{i:03}");
+        write(&l.lower(0).join("dir").join(&n), b"");
+        expect.insert(n.into_bytes());
+    }
+    let m = l.mount();
+    listing_survives_changes(&m.mnt.join("dir"), &expect);
+}
+
+fn rewind_case(dir: &Path) {
+    let mut d = Dir::open(dir).unwrap();
+    let before = name_set(&d.rest());
+    std::fs::write(dir.join("brand-new"), b"").unwrap();
+    let victim = before.iter().next().unwrap().clone();
+    std::fs::remove_file(bpath(dir, &victim)).unwrap();
+    d.rewind();
+    let after = d.rest();
+    assert_unique(&after);
+    let after = name_set(&after);
+    assert!(after.contains(&b"brand-new"[..]), "{after:?}");
+    assert!(!after.contains(&victim), "removed entry still listed");
+    let mut want = before.clone();
+    want.remove(&victim);
+    want.insert(b"brand-new".to_vec());
+    assert_eq!(after, want);
+}
+
+#[test]
+fn rewinddir_sees_new_and_removed_entries() {
+    if !require_root("rewinddir_sees_new_and_removed_entries") {
+        return;
+    }
+    let l = Layers::new(2);
+    merged_setup(&l);
+    write(&l.upper.join("uonly/a"), b"");
+    write(&l.upper.join("uonly/b"), b"");
+    write(&l.lower(1).join("lonly/a"), b"");
+    write(&l.lower(1).join("lonly/b"), b"");
+    let m = l.mount();
+    for dir in ["d", "uonly", "lonly"] {
+        rewind_case(&m.mnt.join(dir));
+    }
+}
+
+#[test]
+fn listing_after_copy_up_and_delete_matches_kernel() {
+    if !require_root("listing_after_copy_up_and_delete_matches_kernel") {
+        return;
+    }
+    let (p, k) = plyfs_and_kernel(2, merged_setup, |mnt, _| {
+        let d = mnt.join("d");
+        std::fs::write(d.join("l1"), b"copied").unwrap();
+        std::fs::remove_file(d.join("l0")).unwrap();
+        std::fs::remove_file(d.join("both")).unwrap();
+        std::fs::write(d.join("gone"), b"back").unwrap();
+        std::fs::remove_dir_all(d.join("sub")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        let v = readdir_all(&d);
+        assert_unique(&v);
+        (name_set(&v), ls(&d.join("sub")))
+    });
+    assert_eq!(p, k);
+}
