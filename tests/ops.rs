@@ -1,0 +1,799 @@
+//! Every operation through the mount, checked against the merged view, the
+//! upper layer on disk and, where the answer is not obvious, the kernel.
+
+mod common;
+mod sem;
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+use sem::*;
+use std::os::unix::fs::DirBuilderExt;
+
+fn enoent(p: &Path) -> bool {
+    matches!(std::fs::symlink_metadata(p), Err(e) if errno(&e) == libc::ENOENT)
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+// ---- mknod / mkdir / symlink ------------------------------------------------
+
+#[test]
+fn mknod_fifo_and_socket() {
+    let l = Layers::new(1);
+    let m = l.mount();
+    mknod(&m.mnt.join("fifo"), libc::S_IFIFO | 0o640, 0).unwrap();
+    mknod(&m.mnt.join("sock"), libc::S_IFSOCK | 0o600, 0).unwrap();
+    assert!(lstat(&m.mnt.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(lstat(&m.mnt.join("sock")).unwrap().file_type().is_socket());
+    assert_eq!(lstat(&m.mnt.join("fifo")).unwrap().mode() & 0o777, 0o640);
+    assert!(lstat(&l.upper.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(
+        lstat(&l.upper.join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert_eq!(ls(&m.mnt), ["fifo", "sock"]);
+}
+
+#[test]
+fn mknod_char_and_block_devices() {
+    if !require_root("mknod_char_and_block_devices") {
+        return;
+    }
+    let l = Layers::new(1);
+    let m = l.mount();
+    let (c, b) = (libc::makedev(1, 3), libc::makedev(7, 200));
+    mknod(&m.mnt.join("null"), libc::S_IFCHR | 0o666, c).unwrap();
+    mknod(&m.mnt.join("blk"), libc::S_IFBLK | 0o600, b).unwrap();
+    for (dir, name) in [(&m.mnt, "through mount"), (&l.upper, "upper")] {
+        let n = lstat(&dir.join("null")).unwrap();
+        let k = lstat(&dir.join("blk")).unwrap();
+        assert!(n.file_type().is_char_device() && n.rdev() == c, "{name}");
+        assert!(k.file_type().is_block_device() && k.rdev() == b, "{name}");
+    }
+}
+
+#[test]
+fn mkdir_creates_upper_directory() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("d/x"), b"");
+    let m = l.mount();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(m.mnt.join("d/new"))
+        .unwrap();
+    let md = lstat(&m.mnt.join("d/new")).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.mode() & 0o7777, 0o700);
+    assert!(l.upper.join("d/new").is_dir());
+    assert_eq!(ls(&m.mnt.join("d")), ["new", "x"]);
+    let e = std::fs::create_dir(m.mnt.join("d/x")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST);
+    let e = std::fs::create_dir(m.mnt.join("d")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST);
+}
+
+#[test]
+fn symlink_and_readlink() {
+    let l = Layers::new(1);
+    std::os::unix::fs::symlink("lower/target", l.lower(0).join("old")).unwrap();
+    let m = l.mount();
+    std::os::unix::fs::symlink("../some where", m.mnt.join("new")).unwrap();
+    assert_eq!(
+        std::fs::read_link(m.mnt.join("new")).unwrap().to_str(),
+        Some("../some where")
+    );
+    assert_eq!(
+        std::fs::read_link(m.mnt.join("old")).unwrap().to_str(),
+        Some("lower/target")
+    );
+    assert!(
+        lstat(&l.upper.join("new"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(lstat(&m.mnt.join("new")).unwrap().len(), 13);
+    let e = std::os::unix::fs::symlink("x", m.mnt.join("old")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST);
+}
+
+// ---- unlink / rmdir ----------------------------------------------------------
+
+#[test]
+fn unlink_lower_file_leaves_whiteout() {
+    if !require_root("unlink_lower_file_leaves_whiteout") {
+        return;
+    }
+    let l = Layers::new(2);
+    write(&l.lower(1).join("f"), b"");
+    write(&l.lower(0).join("g"), b"");
+    write(&l.upper.join("g"), b"upper over lower");
+    let m = l.mount();
+    std::fs::remove_file(m.mnt.join("f")).unwrap();
+    std::fs::remove_file(m.mnt.join("g")).unwrap();
+    assert!(enoent(&m.mnt.join("f")) && enoent(&m.mnt.join("g")));
+    assert!(is_whiteout(&l.upper.join("f")));
+    assert!(is_whiteout(&l.upper.join("g")));
+    assert!(names(&m.mnt).is_empty());
+    assert_eq!(err_of(std::fs::remove_file(m.mnt.join("f"))), libc::ENOENT);
+}
+
+#[test]
+fn unlink_upper_only_file_leaves_no_whiteout() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("other"), b"");
+    let m = l.mount();
+    std::fs::write(m.mnt.join("mine"), b"x").unwrap();
+    std::fs::remove_file(m.mnt.join("mine")).unwrap();
+    assert!(absent(&l.upper.join("mine")));
+    assert!(enoent(&m.mnt.join("mine")));
+    // Also for an upper-only file that existed before the mount.
+    drop(m);
+    write(&l.upper.join("pre"), b"");
+    let m = l.mount();
+    std::fs::remove_file(m.mnt.join("pre")).unwrap();
+    assert!(absent(&l.upper.join("pre")));
+}
+
+#[test]
+fn rmdir_of_merged_non_empty_dir_is_enotempty() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("d/x"), b"");
+    std::fs::create_dir(l.upper.join("d")).unwrap();
+    write(&l.lower(0).join("e/y"), b"");
+    let m = l.mount();
+    assert_eq!(
+        err_of(std::fs::remove_dir(m.mnt.join("d"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        err_of(std::fs::remove_dir(m.mnt.join("e"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(ls(&m.mnt.join("d")), ["x"]);
+}
+
+#[test]
+fn rmdir_after_all_lower_entries_deleted() {
+    if !require_root("rmdir_after_all_lower_entries_deleted") {
+        return;
+    }
+    let l = Layers::new(2);
+    write(&l.lower(0).join("d/a"), b"");
+    write(&l.lower(1).join("d/b"), b"");
+    write(&l.lower(1).join("d/sub/c"), b"");
+    write(&l.upper.join("d/u"), b"");
+    let m = l.mount();
+    let d = m.mnt.join("d");
+    std::fs::remove_file(d.join("a")).unwrap();
+    std::fs::remove_file(d.join("b")).unwrap();
+    std::fs::remove_file(d.join("u")).unwrap();
+    assert_eq!(err_of(std::fs::remove_dir(&d)), libc::ENOTEMPTY);
+    std::fs::remove_file(d.join("sub/c")).unwrap();
+    std::fs::remove_dir(d.join("sub")).unwrap();
+    std::fs::remove_dir(&d).unwrap();
+    assert!(enoent(&d));
+    assert!(is_whiteout(&l.upper.join("d")));
+    assert!(leftovers(&l.work).is_empty(), "{:?}", leftovers(&l.work));
+}
+
+#[test]
+fn rmdir_of_dir_whose_lower_entries_are_whited_out_on_disk() {
+    if !require_root("rmdir_of_dir_whose_lower_entries_are_whited_out_on_disk") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("d/a"), b"");
+    write(&l.lower(0).join("d/b"), b"");
+    std::fs::create_dir(l.upper.join("d")).unwrap();
+    whiteout(&l.upper.join("d/a"));
+    whiteout(&l.upper.join("d/b"));
+    let m = l.mount();
+    assert!(names(&m.mnt.join("d")).is_empty());
+    std::fs::remove_dir(m.mnt.join("d")).unwrap();
+    assert!(is_whiteout(&l.upper.join("d")));
+}
+
+#[test]
+fn rmdir_of_upper_only_dir_leaves_nothing() {
+    let l = Layers::new(1);
+    let m = l.mount();
+    std::fs::create_dir(m.mnt.join("d")).unwrap();
+    std::fs::write(m.mnt.join("d/f"), b"").unwrap();
+    std::fs::remove_file(m.mnt.join("d/f")).unwrap();
+    std::fs::remove_dir(m.mnt.join("d")).unwrap();
+    assert!(absent(&l.upper.join("d")));
+}
+
+#[test]
+fn mkdir_over_whiteout_makes_opaque_dir() {
+    if !require_root("mkdir_over_whiteout_makes_opaque_dir") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        write(&l.lower(0).join("d/old1"), b"");
+        write(&l.lower(0).join("d/sub/old2"), b"");
+        write(&l.lower(0).join("f"), b"was a file");
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, l| {
+        std::fs::remove_dir_all(mnt.join("d")).unwrap();
+        std::fs::create_dir(mnt.join("d")).unwrap();
+        std::fs::write(mnt.join("d/new"), b"").unwrap();
+        std::fs::remove_file(mnt.join("f")).unwrap();
+        std::fs::create_dir(mnt.join("f")).unwrap();
+        (
+            ls(&mnt.join("d")),
+            ls(&mnt.join("f")),
+            get_xattr(&l.upper.join("d"), "trusted.overlay.opaque").ok(),
+            xattr_names(&mnt.join("d")),
+        )
+    });
+    assert_eq!(k.0, ["new"], "kernel");
+    assert_eq!(p.0, k.0);
+    assert_eq!(p.1, k.1);
+    assert_eq!(p.2.as_deref(), Some(&b"y"[..]), "upper d not opaque");
+    assert_eq!(p.3, k.3, "xattrs seen through the mount");
+}
+
+#[test]
+fn create_over_whiteout_replaces_it() {
+    if !require_root("create_over_whiteout_replaces_it") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"lower");
+    let m = l.mount();
+    std::fs::remove_file(m.mnt.join("f")).unwrap();
+    assert!(is_whiteout(&l.upper.join("f")));
+    std::fs::write(m.mnt.join("f"), b"fresh").unwrap();
+    assert_eq!(read(&m.mnt.join("f")), b"fresh");
+    assert!(lstat(&l.upper.join("f")).unwrap().is_file());
+    assert_eq!(ls(&m.mnt), ["f"]);
+    assert!(leftovers(&l.work).is_empty(), "{:?}", leftovers(&l.work));
+}
+
+// ---- rename ------------------------------------------------------------------
+
+#[test]
+fn rename_file_between_directories() {
+    if !require_root("rename_file_between_directories") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("a/x"), b"payload");
+    std::fs::create_dir(l.lower(0).join("b")).unwrap();
+    let m = l.mount();
+    std::fs::rename(m.mnt.join("a/x"), m.mnt.join("b/y")).unwrap();
+    assert!(enoent(&m.mnt.join("a/x")));
+    assert_eq!(read(&m.mnt.join("b/y")), b"payload");
+    assert!(is_whiteout(&l.upper.join("a/x")));
+    assert_eq!(read(&l.upper.join("b/y")), b"payload");
+    assert!(names(&m.mnt.join("a")).is_empty());
+    assert_eq!(ls(&m.mnt.join("b")), ["y"]);
+    assert_eq!(read(&l.lower(0).join("a/x")), b"payload");
+}
+
+#[test]
+fn rename_over_existing_lower_file() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("src"), b"new content");
+    write(&l.lower(0).join("dst"), b"old content");
+    let m = l.mount();
+    std::fs::rename(m.mnt.join("src"), m.mnt.join("dst")).unwrap();
+    assert_eq!(read(&m.mnt.join("dst")), b"new content");
+    assert!(enoent(&m.mnt.join("src")));
+    assert_eq!(ls(&m.mnt), ["dst"]);
+}
+
+#[test]
+fn rename_noreplace_fails_with_eexist() {
+    if !require_root("rename_noreplace_fails_with_eexist") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("a"), b"a");
+    write(&l.lower(0).join("b"), b"b");
+    write(&l.lower(0).join("gone"), b"");
+    let m = l.mount();
+    let e = renameat2(&m.mnt.join("a"), &m.mnt.join("b"), RENAME_NOREPLACE);
+    assert_eq!(err_of(e), libc::EEXIST);
+    assert_eq!(read(&m.mnt.join("a")), b"a");
+    assert_eq!(read(&m.mnt.join("b")), b"b");
+    // A whited-out name counts as free.
+    std::fs::remove_file(m.mnt.join("gone")).unwrap();
+    renameat2(&m.mnt.join("a"), &m.mnt.join("gone"), RENAME_NOREPLACE).unwrap();
+    assert_eq!(read(&m.mnt.join("gone")), b"a");
+    assert_eq!(ls(&m.mnt), ["b", "gone"]);
+}
+
+#[test]
+fn rename_exchange_swaps_lower_and_upper_files() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("low"), b"from lower");
+    write(&l.lower(0).join("d/low2"), b"lower 2");
+    let m = l.mount();
+    std::fs::write(m.mnt.join("up"), b"from upper").unwrap();
+    renameat2(&m.mnt.join("low"), &m.mnt.join("up"), RENAME_EXCHANGE).unwrap();
+    assert_eq!(read(&m.mnt.join("low")), b"from upper");
+    assert_eq!(read(&m.mnt.join("up")), b"from lower");
+    renameat2(&m.mnt.join("up"), &m.mnt.join("d/low2"), RENAME_EXCHANGE).unwrap();
+    assert_eq!(read(&m.mnt.join("up")), b"lower 2");
+    assert_eq!(read(&m.mnt.join("d/low2")), b"from lower");
+    assert_eq!(ls(&m.mnt), ["d", "low", "up"]);
+    assert_eq!(
+        err_of(renameat2(
+            &m.mnt.join("up"),
+            &m.mnt.join("nope"),
+            RENAME_EXCHANGE
+        )),
+        libc::ENOENT
+    );
+}
+
+#[test]
+fn rename_upper_only_directory() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("lowerdir/x"), b"");
+    let m = l.mount();
+    std::fs::create_dir_all(m.mnt.join("new/inner")).unwrap();
+    std::fs::write(m.mnt.join("new/inner/f"), b"f").unwrap();
+    std::fs::rename(m.mnt.join("new"), m.mnt.join("lowerdir/moved")).unwrap();
+    assert_eq!(read(&m.mnt.join("lowerdir/moved/inner/f")), b"f");
+    assert!(enoent(&m.mnt.join("new")));
+    assert!(
+        absent(&l.upper.join("new")),
+        "no whiteout for an upper-only dir"
+    );
+    assert_eq!(ls(&m.mnt.join("lowerdir")), ["moved", "x"]);
+}
+
+#[test]
+fn rename_dir_with_lower_content_is_exdev_like_kernel() {
+    if !require_root("rename_dir_with_lower_content_is_exdev_like_kernel") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        write(&l.lower(0).join("d/x"), b"");
+        write(&l.lower(0).join("m/y"), b"");
+        write(&l.upper.join("m/z"), b"");
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+        (
+            renameat2(&mnt.join("d"), &mnt.join("d2"), 0).map_err(|e| errno(&e)),
+            renameat2(&mnt.join("m"), &mnt.join("m2"), 0).map_err(|e| errno(&e)),
+            ls(mnt),
+        )
+    });
+    assert_eq!(k.0, Err(libc::EXDEV), "kernel");
+    assert_eq!(p, k);
+}
+
+#[test]
+fn rename_file_over_directory_and_back_errors_like_kernel() {
+    if !require_root("rename_file_over_directory_and_back_errors_like_kernel") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        write(&l.lower(0).join("f"), b"");
+        write(&l.lower(0).join("d/x"), b"");
+        std::fs::create_dir(l.lower(0).join("empty")).unwrap();
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+        let r = |a: &str, b: &str| renameat2(&mnt.join(a), &mnt.join(b), 0).map_err(|e| errno(&e));
+        (r("f", "d"), r("d", "f"), r("f", "empty"), r("empty", "d"))
+    });
+    assert_eq!(p, k);
+}
+
+// ---- link --------------------------------------------------------------------
+
+#[test]
+fn hard_link_shares_inode_and_counts_links() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"linked");
+    let m = l.mount();
+    std::fs::hard_link(m.mnt.join("f"), m.mnt.join("g")).unwrap();
+    std::fs::hard_link(m.mnt.join("g"), m.mnt.join("h")).unwrap();
+    let (f, g, h) = (
+        lstat(&m.mnt.join("f")).unwrap(),
+        lstat(&m.mnt.join("g")).unwrap(),
+        lstat(&m.mnt.join("h")).unwrap(),
+    );
+    assert_eq!(f.ino(), g.ino());
+    assert_eq!(f.ino(), h.ino());
+    assert_eq!((f.nlink(), g.nlink(), h.nlink()), (3, 3, 3));
+    std::fs::write(m.mnt.join("h"), b"via h").unwrap();
+    assert_eq!(read(&m.mnt.join("f")), b"via h");
+    std::fs::remove_file(m.mnt.join("g")).unwrap();
+    assert_eq!(lstat(&m.mnt.join("f")).unwrap().nlink(), 2);
+    assert_eq!(lstat(&l.upper.join("f")).unwrap().nlink(), 2);
+}
+
+// ---- files -------------------------------------------------------------------
+
+#[test]
+fn create_write_read_fsync_fsyncdir() {
+    let l = Layers::new(1);
+    std::fs::create_dir(l.lower(0).join("d")).unwrap();
+    let m = l.mount();
+    let p = m.mnt.join("d/file");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    f.write_all(b"hello world").unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    let mut buf = [0u8; 5];
+    f.read_exact_at(&mut buf, 6).unwrap();
+    assert_eq!(&buf, b"world");
+    drop(f);
+    std::fs::File::open(m.mnt.join("d"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::fs::File::open(&m.mnt).unwrap().sync_all().unwrap();
+    assert_eq!(
+        err_of(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+        ),
+        libc::EEXIST
+    );
+    let mut s = String::new();
+    std::fs::File::open(&p)
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "hello world");
+    assert_eq!(read(&l.upper.join("d/file")), b"hello world");
+    // O_TRUNC on a lower file: copy-up of nothing, then empty.
+    write(&l.lower(0).join("unused"), b"");
+    drop(m);
+    write(&l.lower(0).join("t"), b"to be truncated");
+    let m = l.mount();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.mnt.join("t"))
+        .unwrap();
+    assert_eq!(lstat(&m.mnt.join("t")).unwrap().len(), 0);
+    assert_eq!(lstat(&l.upper.join("t")).unwrap().len(), 0);
+}
+
+#[test]
+fn fallocate_modes() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), &[b'x'; 8192]);
+    let m = l.mount();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.mnt.join("f"))
+        .unwrap();
+    let fd = f.as_raw_fd();
+    // SAFETY: valid fd for all calls.
+    unsafe {
+        check(libc::fallocate(fd, 0, 0, 1 << 20)).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        check(libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, 2 << 20)).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+        check(libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        ))
+        .unwrap();
+    }
+    let mut buf = vec![0u8; 8192];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf[..4096].iter().all(|&b| b == 0), "hole not punched");
+    assert!(buf[4096..].iter().all(|&b| b == b'x'));
+    assert_eq!(lstat(&l.upper.join("f")).unwrap().len(), 1 << 20);
+}
+
+fn lseek(f: &std::fs::File, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: valid fd.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(errno(&std::io::Error::last_os_error()))
+    } else {
+        Ok(r)
+    }
+}
+
+fn make_sparse(p: &Path) {
+    let f = std::fs::File::create(p).unwrap();
+    f.write_all_at(&[1u8; 4096], 0).unwrap();
+    f.write_all_at(&[2u8; 4096], 1 << 20).unwrap();
+    f.set_len(2 << 20).unwrap();
+}
+
+fn seek_answers(p: &Path) -> Vec<Result<i64, i32>> {
+    let f = std::fs::File::open(p).unwrap();
+    vec![
+        lseek(&f, 0, libc::SEEK_HOLE),
+        lseek(&f, 4096, libc::SEEK_DATA),
+        lseek(&f, (1 << 20) + 4096, libc::SEEK_HOLE),
+        lseek(&f, (1 << 20) + 8192, libc::SEEK_DATA),
+        lseek(&f, 3 << 20, libc::SEEK_HOLE),
+    ]
+}
+
+#[test]
+fn seek_data_and_hole_on_sparse_files() {
+    let l = Layers::new(1);
+    make_sparse(&l.lower(0).join("lower"));
+    let want = vec![
+        Ok(4096),
+        Ok(1 << 20),
+        Ok((1 << 20) + 4096),
+        Err(libc::ENXIO),
+        Err(libc::ENXIO),
+    ];
+    assert_eq!(seek_answers(&l.lower(0).join("lower")), want, "ext4 itself");
+    let m = l.mount();
+    assert_eq!(seek_answers(&m.mnt.join("lower")), want, "lower file");
+    make_sparse(&m.mnt.join("upper"));
+    assert_eq!(seek_answers(&m.mnt.join("upper")), want, "upper file");
+}
+
+#[test]
+fn copy_file_range_between_files() {
+    let l = Layers::new(1);
+    let data = pattern(300_000, 3);
+    write(&l.lower(0).join("src"), &data);
+    let m = l.mount();
+    let src = std::fs::File::open(m.mnt.join("src")).unwrap();
+    let dst = std::fs::File::create(m.mnt.join("dst")).unwrap();
+    let mut off_in: i64 = 1000;
+    let mut off_out: i64 = 0;
+    let mut left = 200_000usize;
+    while left > 0 {
+        // SAFETY: valid fds and offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+    drop(dst);
+    assert!(read(&m.mnt.join("dst")) == data[1000..201_000]);
+    assert!(read(&l.upper.join("dst")) == data[1000..201_000]);
+}
+
+#[test]
+fn statfs_reports_upper_filesystem() {
+    let l = Layers::new(1);
+    let m = l.mount();
+    let sf = |p: &Path| {
+        let c = cpath(p);
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: valid path and out-pointer.
+        check(unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) }).unwrap();
+        // SAFETY: statfs succeeded.
+        unsafe { st.assume_init() }
+    };
+    let a = sf(&m.mnt);
+    let u = sf(&l.upper);
+    assert_eq!(a.f_type, 0x65735546, "f_type is FUSE_SUPER_MAGIC");
+    assert_eq!(a.f_blocks * a.f_bsize as u64, u.f_blocks * u.f_bsize as u64);
+    assert_eq!(a.f_files, u.f_files);
+    assert_eq!(a.f_namelen, 255);
+    // Free space moves with other tests writing to the same disk; only
+    // check it is in range.
+    assert!(a.f_bfree <= a.f_blocks && a.f_bavail <= a.f_bfree);
+}
+
+// ---- xattrs ------------------------------------------------------------------
+
+#[test]
+fn xattr_get_set_list_remove() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"");
+    set_xattr(&l.lower(0).join("f"), "user.lower", b"L").unwrap();
+    let m = l.mount();
+    let f = m.mnt.join("f");
+    assert_eq!(get_xattr(&f, "user.lower").unwrap(), b"L");
+    assert_eq!(xattr_names(&f), ["user.lower"]);
+    set_xattr(&f, "user.a", b"1").unwrap();
+    set_xattr(&f, "user.big", &[7u8; 2000]).unwrap();
+    assert_eq!(xattr_names(&f), ["user.a", "user.big", "user.lower"]);
+    assert_eq!(get_xattr(&f, "user.big").unwrap(), vec![7u8; 2000]);
+    remove_xattr(&f, "user.lower").unwrap();
+    assert_eq!(err_of(get_xattr(&f, "user.lower")), libc::ENODATA);
+    assert_eq!(err_of(remove_xattr(&f, "user.lower")), libc::ENODATA);
+    assert_eq!(xattr_names(&f), ["user.a", "user.big"]);
+    // XATTR_CREATE on an existing name, XATTR_REPLACE on a missing one.
+    let flagged = |name: &str, flags: i32| {
+        let (c, n) = (cpath(&f), std::ffi::CString::new(name).unwrap());
+        // SAFETY: valid strings and buffer.
+        check(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), b"v".as_ptr().cast(), 1, flags) })
+    };
+    assert_eq!(err_of(flagged("user.a", libc::XATTR_CREATE)), libc::EEXIST);
+    assert_eq!(
+        err_of(flagged("user.none", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    // Size probe (size 0) returns the length.
+    let (c, n) = (cpath(&f), std::ffi::CString::new("user.big").unwrap());
+    // SAFETY: size 0 probe with a null buffer is allowed.
+    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(len, 2000);
+    assert_eq!(get_xattr(&l.upper.join("f"), "user.a").unwrap(), b"1");
+}
+
+#[test]
+fn overlay_xattrs_are_hidden_and_escaped_like_kernel() {
+    if !require_root("overlay_xattrs_are_hidden_and_escaped_like_kernel") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        write(&l.lower(0).join("f"), b"x");
+        write(&l.lower(0).join("d/y"), b"y");
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, l| {
+        let f = mnt.join("f");
+        std::fs::write(&f, b"copied").unwrap(); // gets overlay.origin in upper
+        std::fs::write(mnt.join("d/z"), b"").unwrap(); // d gets impure/origin
+        let origin = get_xattr(&f, "trusted.overlay.origin").map_err(|e| errno(&e));
+        set_xattr(&f, "trusted.overlay.foo", b"bar").unwrap();
+        let through = (
+            xattr_names(&f),
+            get_xattr(&f, "trusted.overlay.foo").unwrap(),
+            xattr_names(&mnt.join("d")),
+        );
+        let on_disk: Vec<String> = xattr_names(&l.upper.join("f"))
+            .into_iter()
+            .filter(|n| n != "trusted.overlay.origin")
+            .collect();
+        remove_xattr(&f, "trusted.overlay.foo").unwrap();
+        let after = xattr_names(&f);
+        (origin, through, on_disk, after)
+    });
+    assert_eq!(k.2, ["trusted.overlay.overlay.foo"], "kernel on-disk name");
+    assert_eq!(p, k);
+}
+
+// ---- access / utimensat ------------------------------------------------------
+
+#[test]
+fn access_checks() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("rw"), b"");
+    write(&l.lower(0).join("exe"), b"");
+    write(&l.lower(0).join("gone"), b"");
+    std::fs::set_permissions(l.lower(0).join("rw"), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(l.lower(0).join("exe"), PermissionsExt::from_mode(0o755)).unwrap();
+    let m = l.mount();
+    std::fs::remove_file(m.mnt.join("gone")).unwrap();
+    access(&m.mnt.join("rw"), libc::R_OK | libc::W_OK).unwrap();
+    access(&m.mnt.join("exe"), libc::X_OK).unwrap();
+    access(&m.mnt, libc::W_OK | libc::X_OK).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Even root needs an x bit to execute.
+        assert_eq!(err_of(access(&m.mnt.join("rw"), libc::X_OK)), libc::EACCES);
+    }
+    assert_eq!(
+        err_of(access(&m.mnt.join("gone"), libc::F_OK)),
+        libc::ENOENT
+    );
+    assert_eq!(
+        err_of(access(&m.mnt.join("nope"), libc::F_OK)),
+        libc::ENOENT
+    );
+    // access() does not copy up.
+    assert!(absent(&l.upper.join("rw")));
+}
+
+#[test]
+fn utimensat_now_and_omit() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"");
+    set_times(&l.lower(0).join("f"), 1_000_000_000, 1_100_000_000);
+    let m = l.mount();
+    let f = m.mnt.join("f");
+    // Only mtime: atime must stay.
+    utimens(&f, ts(0, libc::UTIME_OMIT), ts(1_234_567_890, 42)).unwrap();
+    let t = times(&f);
+    assert_eq!(t, (1_000_000_000, 0, 1_234_567_890, 42));
+    // atime = now, mtime untouched.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    utimens(&f, ts(0, libc::UTIME_NOW), ts(0, libc::UTIME_OMIT)).unwrap();
+    let t = times(&f);
+    assert!(t.0 >= before - 1, "atime not set to now: {t:?}");
+    assert_eq!((t.2, t.3), (1_234_567_890, 42));
+    // Both omitted: nothing changes.
+    utimens(&f, ts(0, libc::UTIME_OMIT), ts(0, libc::UTIME_OMIT)).unwrap();
+    assert_eq!(times(&f), t);
+    assert_eq!(times(&l.upper.join("f")), t);
+    // Lower untouched.
+    assert_eq!(times(&l.lower(0).join("f")).2, 1_100_000_000);
+}
+
+#[test]
+fn rename_new_dir_over_deleted_lower_dir_hides_old_contents() {
+    if !require_root("rename_new_dir_over_deleted_lower_dir_hides_old_contents") {
+        return;
+    }
+    // A directory moved onto a name whose lower directory was deleted must
+    // not merge with that lower directory again (the kernel marks it opaque).
+    let setup = |l: &Layers| {
+        write(&l.lower(0).join("x/old"), b"");
+        write(&l.lower(0).join("t/old"), b"");
+        write(&l.lower(0).join("p/x/old"), b"");
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+        std::fs::remove_dir_all(mnt.join("x")).unwrap();
+        std::fs::create_dir(mnt.join("new")).unwrap();
+        std::fs::write(mnt.join("new/mine"), b"").unwrap();
+        std::fs::rename(mnt.join("new"), mnt.join("x")).unwrap();
+        // Onto an existing, emptied lower directory.
+        std::fs::remove_file(mnt.join("t/old")).unwrap();
+        std::fs::create_dir(mnt.join("new2")).unwrap();
+        std::fs::rename(mnt.join("new2"), mnt.join("t")).unwrap();
+        // Into another merged directory.
+        std::fs::remove_dir_all(mnt.join("p/x")).unwrap();
+        std::fs::create_dir(mnt.join("new3")).unwrap();
+        std::fs::rename(mnt.join("new3"), mnt.join("p/x")).unwrap();
+        (ls(&mnt.join("x")), ls(&mnt.join("t")), ls(&mnt.join("p/x")))
+    });
+    assert_eq!(k, (vec!["mine".to_string()], vec![], vec![]), "kernel");
+    assert_eq!(p, k);
+    // The same must hold after a remount (the state is on disk).
+    let l = Layers::new(1);
+    setup(&l);
+    {
+        let m = l.mount();
+        std::fs::remove_dir_all(m.mnt.join("x")).unwrap();
+        std::fs::create_dir(m.mnt.join("new")).unwrap();
+        std::fs::rename(m.mnt.join("new"), m.mnt.join("x")).unwrap();
+    }
+    let m = l.mount();
+    assert!(
+        names(&m.mnt.join("x")).is_empty(),
+        "{:?}",
+        ls(&m.mnt.join("x"))
+    );
+}
+
+#[test]
+fn chmod_of_merged_dir_keeps_its_contents() {
+    let l = Layers::new(2);
+    write(&l.lower(0).join("d/a"), b"");
+    write(&l.lower(1).join("d/b"), b"");
+    let m = l.mount();
+    std::fs::set_permissions(m.mnt.join("d"), PermissionsExt::from_mode(0o711)).unwrap();
+    assert_eq!(lstat(&m.mnt.join("d")).unwrap().mode() & 0o7777, 0o711);
+    assert_eq!(ls(&m.mnt.join("d")), ["a", "b"]);
+    assert_eq!(lstat(&l.upper.join("d")).unwrap().mode() & 0o7777, 0o711);
+    assert!(names(&l.upper.join("d")).is_empty(), "contents copied up");
+}
