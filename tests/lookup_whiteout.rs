@@ -8,7 +8,7 @@
 mod common;
 mod sem;
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{PermissionsExt, symlink};
 
 use common::*;
 use sem::*;
@@ -356,4 +356,50 @@ fn mixed_tree_matches_kernel() {
     let (p, k) = plyfs_and_kernel(2, setup, |mnt, _| snapshot(mnt));
     let d = diff(&p, &k, "plyfs", "kernel");
     assert!(d.is_empty(), "{d}");
+}
+
+#[test]
+fn opaque_lower_dir_stays_opaque_after_copy_up() {
+    let l = Layers::new(3);
+    write(&l.lower(0).join("oci/.wh..wh..opq"), b"");
+    write(&l.lower(0).join("oci/own"), b"");
+    write(&l.lower(1).join("oci/hidden"), b"");
+    write(&l.lower(0).join("ux/own"), b"");
+    set_xattr(&l.lower(0).join("ux"), "user.overlay.opaque", b"y").unwrap();
+    write(&l.lower(1).join("ux/hidden"), b"");
+    {
+        let m = l.mount();
+        for d in ["oci", "ux"] {
+            let p = m.mnt.join(d);
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(0o700)).unwrap();
+            std::fs::write(p.join("new"), b"").unwrap();
+            assert_eq!(ls(&p), ["new", "own"], "{d} after copy-up");
+        }
+    }
+    let m = l.mount();
+    for d in ["oci", "ux"] {
+        assert_eq!(ls(&m.mnt.join(d)), ["new", "own"], "{d} after remount");
+        assert!(enoent(&m.mnt.join(d).join("hidden")));
+    }
+}
+
+#[test]
+fn whiteouts_in_deep_paths() {
+    if !require_root("whiteouts_in_deep_paths") {
+        return;
+    }
+    let l = Layers::new(3);
+    write(&l.lower(2).join("a/b/c/d/e/f"), b"deep");
+    write(&l.lower(2).join("a/b/c/d/keep"), b"k");
+    std::fs::create_dir_all(l.lower(1).join("a/b/c/d/e")).unwrap();
+    whiteout(&l.lower(1).join("a/b/c/d/e/f"));
+    std::fs::create_dir_all(l.lower(0).join("a/b/c")).unwrap();
+    write(&l.lower(0).join("a/b/c/.wh.x"), b"");
+    write(&l.lower(2).join("a/b/c/x/y"), b"");
+    let m = l.mount();
+    assert!(names(&m.mnt.join("a/b/c/d/e")).is_empty());
+    assert!(enoent(&m.mnt.join("a/b/c/d/e/f")));
+    assert_eq!(ls(&m.mnt.join("a/b/c/d")), ["e", "keep"]);
+    assert_eq!(ls(&m.mnt.join("a/b/c")), ["d"]);
+    assert!(enoent(&m.mnt.join("a/b/c/x/y")));
 }

@@ -333,3 +333,57 @@ fn listing_after_copy_up_and_delete_matches_kernel() {
     });
     assert_eq!(p, k);
 }
+
+#[test]
+fn concurrent_listings_while_the_dir_changes() {
+    let l = Layers::new(2);
+    let mut stable = BTreeSet::new();
+    for i in 0..300 {
+        let n = format!("s{i:03}");
+        let layer = [&l.upper, &l.lowers[0], &l.lowers[1]][i % 3];
+        write(&layer.join("d").join(&n), b"");
+        stable.insert(n.into_bytes());
+    }
+    for i in 0..100 {
+        write(&l.lower(1).join(format!("d/victim{i:03}")), b"");
+    }
+    let m = l.mount();
+    let dir = m.mnt.join("d");
+    let stable = std::sync::Arc::new(stable);
+    std::thread::scope(|s| {
+        let mutator = s.spawn(|| {
+            for i in 0..100 {
+                std::fs::write(dir.join(format!("tmp{i}")), b"").unwrap();
+                std::fs::remove_file(dir.join(format!("victim{i:03}"))).unwrap();
+                if i % 2 == 0 {
+                    std::fs::remove_file(dir.join(format!("tmp{i}"))).unwrap();
+                }
+            }
+        });
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let (dir, stable) = (&dir, stable.clone());
+                s.spawn(move || {
+                    for _ in 0..15 {
+                        let v = readdir_all(dir);
+                        assert_unique(&v);
+                        let got = name_set(&v);
+                        for n in stable.iter() {
+                            assert!(got.contains(n), "{} missing", String::from_utf8_lossy(n));
+                        }
+                    }
+                })
+            })
+            .collect();
+        mutator.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
+    });
+    let got = name_set(&readdir_all(&dir));
+    let mut want: BTreeSet<Vec<u8>> = (*stable).clone();
+    for i in (1..100).step_by(2) {
+        want.insert(format!("tmp{i}").into_bytes());
+    }
+    assert_eq!(got, want);
+}
