@@ -88,6 +88,13 @@ fn inode_numbers_are_unique_across_the_mount() {
     std::fs::create_dir(m.mnt.join("shared/newdir")).unwrap();
     let n = assert_unique_inos(&m.mnt);
     assert!(n > 90, "walked only {n} entries");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let before: Vec<u64> = walk(&m.mnt).iter().map(|(_, md)| md.ino()).collect();
+        drop_caches();
+        let after: Vec<u64> = walk(&m.mnt).iter().map(|(_, md)| md.ino()).collect();
+        assert_eq!(before, after, "numbers changed after cache eviction");
+    }
 }
 
 /// A tmpfs mounted on `dir` (root only); unmounted on drop.
@@ -262,4 +269,46 @@ fn st_dev_is_the_same_for_the_whole_mount() {
     }
     let f = std::fs::File::open(m.mnt.join("tmpfs-file")).unwrap();
     assert_eq!(f.metadata().unwrap().dev(), dev, "fstat");
+}
+
+#[test]
+fn inode_numbers_are_unique_when_upper_and_lower_numbers_collide() {
+    if !require_root("inode_numbers_are_unique_when_upper_and_lower_numbers_collide") {
+        return;
+    }
+    // Upper+work on one fresh tmpfs, the lower on another: both hand out
+    // the same small inode numbers.
+    let l = Layers::new(1);
+    let _tl = Tmpfs::mount(l.lower(0));
+    let updir = l.dir.path().join("upfs");
+    std::fs::create_dir(&updir).unwrap();
+    let _tu = Tmpfs::mount(&updir);
+    let (upper, work) = (updir.join("upper"), updir.join("work"));
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir(&work).unwrap();
+    for j in 0..30 {
+        write(&l.lower(0).join(format!("l{j}")), b"lower");
+        write(&upper.join(format!("u{j}")), b"upper");
+    }
+    write(&l.lower(0).join("d/x"), b"");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        l.lower(0).display(),
+        upper.display(),
+        work.display()
+    );
+    let m = PlyfsMount::start(&l.mnt, &opts, &[]).unwrap();
+    assert_unique_inos(&m.mnt);
+    let before = ino(&m.mnt.join("l5"));
+    for j in 0..10 {
+        std::fs::write(m.mnt.join(format!("l{j}")), b"copied").unwrap();
+        std::fs::write(m.mnt.join(format!("new{j}")), b"new").unwrap();
+    }
+    std::fs::write(m.mnt.join("d/y"), b"").unwrap();
+    assert_unique_inos(&m.mnt);
+    assert_eq!(ino(&m.mnt.join("l5")), before);
+    // Also once the kernel has forgotten every node.
+    drop_caches();
+    assert_unique_inos(&m.mnt);
+    assert_eq!(ino(&m.mnt.join("l5")), before);
 }

@@ -318,3 +318,18 @@ fn read_only_mount_with_oci_layers() {
     let e = std::fs::write(m.mnt.join("etc/new"), b"").unwrap_err();
     assert_eq!(errno(&e), libc::EROFS);
 }
+
+#[test]
+fn read_only_mount_open_with_o_creat() {
+    let l = ro_layers();
+    let m = l.mount_ro();
+    let open = |n: &str| {
+        let c = cpath(&m.mnt.join(n));
+        // SAFETY: valid C string; the fd is closed right away.
+        let r = check(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CREAT, 0o644) });
+        // SAFETY: closing the fd we opened.
+        r.map(|fd| unsafe { libc::close(fd) }).map(|_| ())
+    };
+    open("f").expect("O_CREAT on an existing file opens it");
+    assert_eq!(err_of(open("missing")), libc::EROFS);
+}

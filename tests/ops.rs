@@ -1012,3 +1012,143 @@ fn append_writes_from_two_fds() {
         assert_eq!(lines[2 + 2 * i], format!("b{i}"));
     }
 }
+
+#[test]
+fn every_create_kind_over_a_whiteout() {
+    if !require_root("every_create_kind_over_a_whiteout") {
+        return;
+    }
+    let l = Layers::new(2);
+    for n in ["fifo", "sym", "hard", "ren", "file"] {
+        write(&l.lower(0).join(n), b"top");
+        write(&l.lower(1).join(n), b"bottom");
+    }
+    write(&l.lower(0).join("src"), b"src");
+    let m = l.mount();
+    let p = |n: &str| m.mnt.join(n);
+    for n in ["fifo", "sym", "hard", "ren", "file"] {
+        std::fs::remove_file(p(n)).unwrap();
+        assert!(is_whiteout(&l.upper.join(n)));
+    }
+    mknod(&p("fifo"), libc::S_IFIFO | 0o600, 0).unwrap();
+    std::os::unix::fs::symlink("src", p("sym")).unwrap();
+    std::fs::hard_link(p("src"), p("hard")).unwrap();
+    std::fs::write(p("tmp"), b"renamed").unwrap();
+    std::fs::rename(p("tmp"), p("ren")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p("file"))
+        .unwrap()
+        .write_all(b"created")
+        .unwrap();
+    assert!(lstat(&p("fifo")).unwrap().file_type().is_fifo());
+    assert_eq!(read(&p("sym")), b"src");
+    assert_eq!(read(&p("hard")), b"src");
+    assert_eq!(read(&p("ren")), b"renamed");
+    assert_eq!(read(&p("file")), b"created");
+    assert_eq!(ls(&m.mnt), ["fifo", "file", "hard", "ren", "src", "sym"]);
+    for n in ["fifo", "sym", "hard", "ren", "file"] {
+        assert!(
+            !is_whiteout(&l.upper.join(n)),
+            "{n} still a whiteout in upper"
+        );
+    }
+    // Deleting them again must not bring back the lower files.
+    for n in ["fifo", "sym", "hard", "ren", "file"] {
+        std::fs::remove_file(p(n)).unwrap();
+        assert!(enoent(&p(n)), "{n} resurrected");
+    }
+    assert_eq!(ls(&m.mnt), ["src"]);
+}
+
+#[test]
+fn open_with_o_creat_on_existing_lower_file_does_not_copy_up() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"lower");
+    let m = l.mount();
+    let c = cpath(&m.mnt.join("f"));
+    // SAFETY: valid C string; the fd is closed right away.
+    let fd =
+        check(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CREAT, 0o644) }).unwrap();
+    // SAFETY: fd was just opened.
+    unsafe { libc::close(fd) };
+    assert_eq!(read(&m.mnt.join("f")), b"lower");
+    assert!(absent(&l.upper.join("f")), "O_CREAT|O_RDONLY copied up");
+}
+
+#[test]
+fn parent_metadata_comes_from_the_topmost_layer() {
+    let l = Layers::new(2);
+    write(&l.lower(1).join("d/f"), b"bottom");
+    std::fs::create_dir(l.lower(0).join("d")).unwrap();
+    std::fs::set_permissions(l.lower(0).join("d"), PermissionsExt::from_mode(0o710)).unwrap();
+    std::fs::set_permissions(l.lower(1).join("d"), PermissionsExt::from_mode(0o755)).unwrap();
+    set_xattr(&l.lower(0).join("d"), "user.layer", b"top").unwrap();
+    set_xattr(&l.lower(1).join("d"), "user.layer", b"bottom").unwrap();
+    let m = l.mount();
+    assert_eq!(lstat(&m.mnt.join("d")).unwrap().mode() & 0o7777, 0o710);
+    assert_eq!(get_xattr(&m.mnt.join("d"), "user.layer").unwrap(), b"top");
+    std::fs::write(m.mnt.join("d/f"), b"copied").unwrap();
+    assert_eq!(lstat(&l.upper.join("d")).unwrap().mode() & 0o7777, 0o710);
+    assert_eq!(get_xattr(&l.upper.join("d"), "user.layer").unwrap(), b"top");
+    assert_eq!(get_xattr(&m.mnt.join("d"), "user.layer").unwrap(), b"top");
+}
+
+#[test]
+fn upper_dir_above_lower_file_does_not_merge_below_it_like_kernel() {
+    if !require_root("upper_dir_above_lower_file_does_not_merge_below_it_like_kernel") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        write(&l.upper.join("x/u"), b"");
+        write(&l.lower(0).join("x"), b"a file");
+        write(&l.lower(1).join("x/hidden"), b"");
+    };
+    let (p, k) = plyfs_and_kernel(2, setup, |mnt, _| ls(&mnt.join("x")));
+    assert_eq!(k, ["u"], "kernel");
+    assert_eq!(p, k);
+}
+
+/// A vfs_cap_data v2 value granting cap_net_raw (effective + permitted).
+fn file_caps() -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn file_capabilities_on_copy_up_write_and_chown_like_kernel() {
+    if !require_root("file_capabilities_on_copy_up_write_and_chown_like_kernel") {
+        return;
+    }
+    let setup = |l: &Layers| {
+        for n in ["open", "write", "chown"] {
+            let p = l.lower(0).join(n);
+            write(&p, b"binary");
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(0o755)).unwrap();
+            set_xattr(&p, "security.capability", &file_caps()).unwrap();
+        }
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("open"))
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("write"))
+            .unwrap()
+            .write_all(b"B")
+            .unwrap();
+        std::os::unix::fs::lchown(mnt.join("chown"), Some(1), None).unwrap();
+        ["open", "write", "chown"]
+            .iter()
+            .map(|n| get_xattr(&mnt.join(n), "security.capability").is_ok())
+            .collect::<Vec<_>>()
+    });
+    assert!(k[0], "kernel keeps caps on copy-up");
+    assert_eq!(p, k, "[open, write, chown]: capability still present");
+}

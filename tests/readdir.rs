@@ -387,3 +387,35 @@ fn concurrent_listings_while_the_dir_changes() {
     }
     assert_eq!(got, want);
 }
+
+#[test]
+fn d_ino_stays_equal_to_st_ino_after_cache_eviction() {
+    if !require_root("d_ino_stays_equal_to_st_ino_after_cache_eviction") {
+        return;
+    }
+    let l = Layers::new(2);
+    merged_setup(&l);
+    let m = l.mount();
+    let d = m.mnt.join("d");
+    std::fs::write(d.join("l1"), b"copied up").unwrap();
+    std::fs::write(d.join("new"), b"new").unwrap();
+    std::fs::hard_link(d.join("new"), d.join("new-link")).unwrap();
+    let st: Vec<(Vec<u8>, u64)> = names(&d)
+        .into_iter()
+        .map(|n| {
+            let ino = lstat(&bpath(&d, &n)).unwrap().ino();
+            (n, ino)
+        })
+        .collect();
+    std::fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+    let listed: Vec<(Vec<u8>, u64)> = {
+        let mut v: Vec<_> = readdir_all(&d)
+            .into_iter()
+            .filter(|e| e.name != b"." && e.name != b"..")
+            .map(|e| (e.name, e.ino))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed, st);
+}
