@@ -27,7 +27,9 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
     for e in rd.flatten() {
         let p = e.path();
         let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-        let Ok(md) = fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
         let ft = md.file_type();
         if ft.is_dir() {
             out.push(format!("{rel}/"));
@@ -35,7 +37,10 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
         } else if ft.is_char_device() && md.rdev() == 0 {
             out.push(format!("{rel}  (whiteout: 0/0 char device)"));
         } else if ft.is_symlink() {
-            out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap_or_default().display()));
+            out.push(format!(
+                "{rel} -> {}",
+                fs::read_link(&p).unwrap_or_default().display()
+            ));
         } else {
             let text = fs::read_to_string(&p).unwrap_or_default();
             out.push(format!("{rel}  = {:?}", text.trim_end()));
@@ -44,9 +49,17 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::Builder::new().prefix("plyfs-demo-").tempdir_in("/var/tmp")?;
+    let dir = tempfile::Builder::new()
+        .prefix("plyfs-demo-")
+        .tempdir_in("/var/tmp")?;
     let d = dir.path();
-    let (base, app, upper, work, mnt) = (d.join("base"), d.join("app"), d.join("upper"), d.join("work"), d.join("merged"));
+    let (base, app, upper, work, mnt) = (
+        d.join("base"),
+        d.join("app"),
+        d.join("upper"),
+        d.join("work"),
+        d.join("merged"),
+    );
     for p in [&base, &app, &upper, &work, &mnt] {
         fs::create_dir_all(p)?;
     }
@@ -85,9 +98,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let session = spawn(&req)?;
     println!("\nmounted at {}", mnt.display());
-    show_tree("merged view (app wins, obsolete.conf is deleted by .wh.)", &mnt);
+    show_tree(
+        "merged view (app wins, obsolete.conf is deleted by .wh.)",
+        &mnt,
+    );
 
-    println!("\nwriting to etc/motd (a lower file: copy-up) and deleting etc/os-release (whiteout):");
+    println!(
+        "\nwriting to etc/motd (a lower file: copy-up) and deleting etc/os-release (whiteout):"
+    );
     fs::write(mnt.join("etc/motd"), "edited in the container\n")?;
     fs::remove_file(mnt.join("etc/os-release"))?;
     fs::create_dir(mnt.join("data"))?;
@@ -100,6 +118,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     drop(session);
-    println!("\nunmounted; the upper layer keeps kernel-overlayfs format, so `mount -t overlay` shows the same tree.");
+    println!(
+        "\nunmounted; the upper layer keeps kernel-overlayfs format, so `mount -t overlay` shows the same tree."
+    );
     Ok(())
 }

@@ -31,6 +31,31 @@ impl Plyfs {
         self.copy_up_opts(node, true)
     }
 
+    /// Copies a directory and everything visible in it up, then makes it
+    /// opaque: afterwards it no longer depends on the lower layers and can
+    /// move without a redirect.
+    pub fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up(node)?;
+        if !node.is_dir() {
+            return Ok(());
+        }
+        let listing = self.build_listing(node)?;
+        for e in &listing.entries {
+            let name = Name::new(&e.name)?;
+            let child = self.node_at(node, &name)?;
+            self.copy_up_tree(&child)?;
+        }
+        let (pfd, name) = self.upper_loc(node)?;
+        self.set_opaque(pfd.as_fd(), &name)?;
+        let mut s = node.state.write();
+        s.opaque = true;
+        s.lowers = Arc::from(Vec::new());
+        s.stack_checked = true;
+        drop(s);
+        node.touch_version();
+        Ok(())
+    }
+
     /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
     /// (the caller truncates the file to zero right after).
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {

@@ -271,8 +271,11 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
-    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config).map_err(|e| mount_error(&e))?;
-    session.spawn().map_err(|e| format!("cannot start the session: {e}"))
+    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config)
+        .map_err(|e| mount_error(&e))?;
+    session
+        .spawn()
+        .map_err(|e| format!("cannot start the session: {e}"))
 }
 
 fn lazy_unmount(mountpoint: &Path) {

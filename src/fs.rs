@@ -44,6 +44,14 @@ pub struct Config {
     pub static_nlink: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
+    /// What renaming a directory with lower content does.
+    pub redirect: crate::options::RedirectMode,
+}
+
+impl Config {
+    pub fn follow_redirects(&self) -> bool {
+        self.redirect != crate::options::RedirectMode::NoFollow
+    }
 }
 
 /// The writable layer and its work directory.
@@ -200,11 +208,24 @@ impl Plyfs {
             return Ok(stack);
         }
         let mut trimmed: Vec<Arc<LowerObj>> = Vec::with_capacity(stack.len());
+        let mut redirected = false;
         for l in stack.iter() {
             trimmed.push(l.clone());
-            if l.dir_info()?.opaque {
+            let info = l.dir_info()?;
+            if info.opaque {
                 break;
             }
+            if info.redirect.is_some() && self.cfg.follow_redirects() {
+                redirected = true;
+                break;
+            }
+        }
+        if redirected {
+            // The stack came from matching names in a listing, but a lower
+            // directory redirects the layers below it: look it up properly.
+            let (parent, name) = self.parent_of(node)?;
+            let f = self.resolve_found(&parent, &name)?;
+            trimmed = f.lowers;
         }
         let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
         let mut s = node.state.write();
@@ -213,6 +234,31 @@ impl Plyfs {
             s.stack_checked = true;
         }
         Ok(s.lowers.clone())
+    }
+
+    /// Where a directory's lower content lives, as an absolute path in the
+    /// lower layers (`/a/b`; empty for the root). Follows the redirects of
+    /// the directory and its ancestors, as the kernel does when it computes
+    /// an absolute redirect.
+    pub fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if node.ino == ino::ROOT {
+            return Ok(Vec::new());
+        }
+        let (redirect, alias) = {
+            let s = node.state.read();
+            (
+                s.redirect.clone(),
+                s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
+            )
+        };
+        if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
+            return Ok(r.to_vec());
+        }
+        let parent = self.node(alias.parent)?;
+        let mut p = self.lower_path(&parent)?;
+        p.push(b'/');
+        p.extend_from_slice(redirect.as_deref().unwrap_or(&alias.name));
+        Ok(p)
     }
 
     /// Fresh `lstat` of the object a node currently stands for.

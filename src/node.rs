@@ -45,6 +45,9 @@ pub struct NodeState {
     pub impure: bool,
     /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// `overlay.redirect` of the upper directory: where its lower content
+    /// lives (a name in the parent's lower directories, or `/a/b`).
+    pub redirect: Option<Box<[u8]>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
 }

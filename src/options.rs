@@ -27,6 +27,22 @@ pub enum Xino {
     On,
 }
 
+/// `redirect_dir=`: what renaming a directory with lower content does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// Record the move in `overlay.redirect` (kernel `redirect_dir=on`).
+    On,
+    /// Copy the whole directory tree up, then move it: no redirect, so any
+    /// kernel mount (including `userxattr`, which refuses redirects) shows
+    /// the same tree. plyfs' default for unprivileged mounts.
+    Copy,
+    /// Follow existing redirects, refuse such renames with EXDEV (kernel
+    /// `redirect_dir=follow`/`off`).
+    Follow,
+    /// Neither create nor follow redirects (kernel `nofollow`).
+    NoFollow,
+}
+
 /// Everything the `-o` options (and the long flags) can set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MountOptions {
@@ -72,6 +88,9 @@ pub struct MountOptions {
     pub passthrough: Option<bool>,
     /// `writeback=on|off` (kernel writeback cache when not passing through).
     pub writeback: Option<bool>,
+    /// `redirect_dir=`; `None` picks by marker prefix (On for trusted.*,
+    /// Copy for user.*).
+    pub redirect: Option<RedirectMode>,
     /// SELinux label; accepted and passed on to the kernel is not possible
     /// for FUSE, so it is recorded and ignored.
     pub context: Option<String>,
@@ -250,8 +269,6 @@ const IGNORED: &[&str] = &[
     "nfs_export=off",
     "metacopy=off",
     "index=off",
-    "redirect_dir=on",
-    "redirect_dir=follow",
     "uuid=on",
     "uuid=auto",
     "uuid=null",
@@ -364,7 +381,21 @@ impl MountOptions {
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
             }
-            "redirect_dir" | "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
+            "redirect_dir" => {
+                self.redirect = Some(match need(value)?.as_slice() {
+                    b"on" => RedirectMode::On,
+                    b"copy" => RedirectMode::Copy,
+                    b"follow" | b"off" => RedirectMode::Follow,
+                    b"nofollow" => RedirectMode::NoFollow,
+                    other => {
+                        return Err(format!(
+                            "option redirect_dir: expected on, copy, follow, off or nofollow, got {:?}",
+                            String::from_utf8_lossy(other)
+                        ));
+                    }
+                })
+            }
+            "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
                 return Err(format!(
                     "option {}: this value is not supported by plyfs",
                     String::from_utf8_lossy(opt)
@@ -491,7 +522,15 @@ mod tests {
         assert!(parse("lowerdir").unwrap_err().contains("needs a value"));
         assert!(parse("lowerdir=").is_err());
         assert!(parse("lowerdir=/a,metacopy=on").is_err());
-        assert!(parse("lowerdir=/a,redirect_dir=on").is_ok());
+        assert_eq!(
+            parse("lowerdir=/a,redirect_dir=on").unwrap().redirect,
+            Some(RedirectMode::On)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,redirect_dir=off").unwrap().redirect,
+            Some(RedirectMode::Follow)
+        );
+        assert!(parse("lowerdir=/a,redirect_dir=maybe").is_err());
     }
 
     #[test]

@@ -320,6 +320,7 @@ impl Found {
             impure: false,
             xattr_whiteouts: false,
             origin: None,
+            redirect: None,
         }
     }
 }
