@@ -65,10 +65,6 @@ impl Plyfs {
         self.upper_layer()?;
         let (parent, name) = self.parent_of(node)?;
         self.copy_up(&parent)?;
-        let _g = node.copy_lock.lock();
-        if node.has_upper() {
-            return Ok(());
-        }
         let lower = node
             .state
             .read()
@@ -76,7 +72,22 @@ impl Plyfs {
             .first()
             .cloned()
             .ok_or(Errno::EIO)?;
-        self.copy_up_locked(node, &parent, &name, &lower, data)
+        // Other names of a multiply-linked lower file get linked to the copy.
+        let siblings = if !node.is_dir() && lower.stat()?.nlink > 1 {
+            self.lower_siblings(&lower, (&parent, &name))?
+        } else {
+            Vec::new()
+        };
+        let _g = node.copy_lock.lock();
+        if node.has_upper() {
+            return Ok(());
+        }
+        self.copy_up_locked(node, &parent, &name, &lower, data)?;
+        if !siblings.is_empty() {
+            let pfd = self.upper_dir_fd(&parent)?;
+            self.link_siblings(node, (&pfd, &name), &siblings);
+        }
+        Ok(())
     }
 
     fn copy_up_locked(

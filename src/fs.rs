@@ -77,6 +77,8 @@ pub struct Plyfs {
     pub table: Table,
     pub inos: InoMap,
     pub handles: Handles,
+    /// Per lower layer: its multiply-linked files (see `hardlinks`).
+    pub link_maps: dashmap::DashMap<usize, Arc<crate::hardlinks::LinkMap>>,
 }
 
 impl Plyfs {
@@ -99,6 +101,7 @@ impl Plyfs {
             table: Table::new(),
             inos: InoMap::new(&devs, ino32),
             handles: Handles::new(),
+            link_maps: dashmap::DashMap::new(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);

@@ -16,6 +16,7 @@ pub mod fdcache;
 pub mod fs;
 pub mod fuse;
 pub mod handles;
+pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
 pub mod listing;
