@@ -46,6 +46,9 @@ pub struct Config {
     pub xattr_permissions: u8,
     /// What renaming a directory with lower content does.
     pub redirect: crate::options::RedirectMode,
+    /// `passthrough=`/`writeback=` from the command line (None: automatic).
+    pub passthrough: Option<crate::options::Passthrough>,
+    pub writeback: Option<bool>,
 }
 
 impl Config {
@@ -79,6 +82,8 @@ pub struct Plyfs {
     pub handles: Handles,
     /// Per lower layer: its multiply-linked files (see `hardlinks`).
     pub link_maps: dashmap::DashMap<usize, Arc<crate::hardlinks::LinkMap>>,
+    /// I/O modes negotiated with the kernel.
+    pub io: crate::tuning::IoModes,
 }
 
 impl Plyfs {
@@ -102,6 +107,7 @@ impl Plyfs {
             inos: InoMap::new(&devs, ino32),
             handles: Handles::new(),
             link_maps: dashmap::DashMap::new(),
+            io: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -135,6 +141,15 @@ impl Plyfs {
 
     pub fn read_only(&self) -> bool {
         self.upper.is_none()
+    }
+
+    /// Filesystem types (f_type) of all layers.
+    pub fn layer_fs_types(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.lowers.iter().map(|l| l.fs_magic).collect();
+        if let Some(u) = &self.upper {
+            v.push(sys::fs::fs_type(u.root.as_fd()).unwrap_or(0));
+        }
+        v
     }
 
     /// EROFS on a mount without an upper layer.

@@ -27,6 +27,20 @@ pub enum Xino {
     On,
 }
 
+/// `passthrough=`: which opens use kernel FUSE passthrough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passthrough {
+    Off,
+    /// Files in the upper layer (the default when available). Lower files
+    /// opened read-only use the page cache, so a later copy-up and write
+    /// through another descriptor stays visible to them.
+    Upper,
+    /// Every open. Fastest reads of lower files; but while a lower file is
+    /// open, opening it for writing fails with EBUSY (the kernel allows one
+    /// backing file per inode).
+    All,
+}
+
 /// `redirect_dir=`: what renaming a directory with lower content does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedirectMode {
@@ -84,8 +98,9 @@ pub struct MountOptions {
     pub timeout: Option<f64>,
     pub threads: Option<usize>,
     pub xattr_permissions: u8,
-    /// `passthrough=on|off` (FUSE passthrough when the kernel allows it).
-    pub passthrough: Option<bool>,
+    /// `passthrough=off|on|all` (FUSE passthrough when the kernel allows
+    /// it; `all` also passes read-only opens of lower files through).
+    pub passthrough: Option<Passthrough>,
     /// `writeback=on|off` (kernel writeback cache when not passing through).
     pub writeback: Option<bool>,
     /// `redirect_dir=`; `None` picks by marker prefix (On for trusted.*,
@@ -376,7 +391,18 @@ impl MountOptions {
                 }
                 self.xattr_permissions = n;
             }
-            "passthrough" => self.passthrough = Some(on_off(k, &need(value)?)?),
+            "passthrough" => {
+                self.passthrough = Some(match need(value)?.as_slice() {
+                    b"all" => Passthrough::All,
+                    v => {
+                        if on_off(k, v)? {
+                            Passthrough::Upper
+                        } else {
+                            Passthrough::Off
+                        }
+                    }
+                })
+            }
             "writeback" => self.writeback = Some(on_off(k, &need(value)?)?),
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());

@@ -84,6 +84,7 @@ enum LowerHit {
 
 /// Result of resolving a name.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
 pub enum Lookup {
     Found(Found),
     /// Nothing visible. `whiteout`: the upper layer holds a whiteout there.

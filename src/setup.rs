@@ -246,6 +246,8 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
             // unprivileged uppers readable by it.
             Prefix::User => RedirectMode::Copy,
         }),
+        passthrough: o.passthrough,
+        writeback: o.writeback,
     };
     Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))

@@ -13,6 +13,7 @@ use crate::sys::{self, Errno};
 
 /// How to reach a real object for xattr calls: (parent directory, name), or
 /// an open descriptor for layer roots, which have no parent.
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
 enum RealRef {
     At(Arc<OwnedFd>, Name),
     Open(OwnedFd),
