@@ -331,6 +331,11 @@ impl Plyfs {
 
     pub fn attr_from(&self, node: &Arc<Node>, st: &Stat) -> Result<FileAttr> {
         let merged = self.is_merged_dir(node)?;
+        if self.cfg.xattr_permissions > 0 {
+            let mut st = *st;
+            self.apply_override(node, &mut st)?;
+            return Ok(attr::make(node.ino, &st, merged, &self.attr_opts()));
+        }
         Ok(attr::make(node.ino, st, merged, &self.attr_opts()))
     }
 

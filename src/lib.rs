@@ -26,6 +26,7 @@ pub mod node;
 pub mod ops;
 pub mod options;
 pub mod origin;
+pub mod override_stat;
 pub mod ovl_xattr;
 pub mod resolve;
 pub mod setup;

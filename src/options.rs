@@ -9,8 +9,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-/// One contiguous id range of a `uidmapping=`/`gidmapping=` option: ids
-/// `host..host+len` on disk appear as `container..container+len`.
+/// One contiguous id range of a `uidmapping=C:H:S` option (fuse-overlayfs
+/// semantics): ids `C..C+S` stored in the layers are reported as `H..H+S`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdRange {
     pub container: u32,

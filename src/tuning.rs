@@ -25,6 +25,8 @@ use crate::options::Passthrough;
 pub struct IoModes {
     pub passthrough: AtomicBool,
     pub writeback: AtomicBool,
+    /// The kernel leaves the umask to plyfs (`FUSE_DONT_MASK`).
+    pub dont_mask: AtomicBool,
 }
 
 impl IoModes {
@@ -57,7 +59,14 @@ fn can_passthrough() -> bool {
 /// simply not used.
 pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
     let caps = config.capabilities();
-    let mut want = InitFlags::FUSE_PARALLEL_DIROPS
+    let mut want = if fs.cfg.noacl {
+        InitFlags::empty()
+    } else {
+        // The kernel enforces ACLs (default_permissions); plyfs applies the
+        // umask itself, only where no default ACL exists, as the VFS does.
+        InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK
+    };
+    want |= InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_ATOMIC_O_TRUNC
         | InitFlags::FUSE_CACHE_SYMLINKS
@@ -91,6 +100,10 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
             Ordering::Relaxed,
         );
     }
+    fs.io.dont_mask.store(
+        want.contains(InitFlags::FUSE_DONT_MASK) && caps.contains(InitFlags::FUSE_DONT_MASK),
+        Ordering::Relaxed,
+    );
     if let Err(missing) = config.add_capabilities(want & caps) {
         log::debug!("kernel lacks FUSE capabilities {missing:?}");
     }

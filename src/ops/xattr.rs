@@ -80,6 +80,9 @@ impl Plyfs {
         if self.cfg.noacl && name.starts_with(b"system.posix_acl_") {
             return Err(Errno::EOPNOTSUPP);
         }
+        if self.is_override_attr(name) {
+            return Err(Errno::ENODATA);
+        }
         Ok(())
     }
 
@@ -96,7 +99,7 @@ impl Plyfs {
         let raw = self.real_ref(&node)?.list()?;
         let mut out = Vec::with_capacity(raw.len());
         for n in sys::xattr::split_list(&raw) {
-            if self.cfg.noacl && n.starts_with(b"system.posix_acl_") {
+            if (self.cfg.noacl && n.starts_with(b"system.posix_acl_")) || self.is_override_attr(n) {
                 continue;
             }
             match ovl_xattr::classify(n) {
