@@ -37,6 +37,9 @@ pub struct ListEntry {
     pub impure: bool,
     pub xattr_whiteouts: bool,
     pub origin: Option<Vec<u8>>,
+    /// Upper directory entry with `overlay.redirect`: its lower content is
+    /// elsewhere, so the name-matched lower entries do not apply.
+    pub redirect: Option<Box<[u8]>>,
 }
 
 /// A directory's merged contents at one moment.
@@ -114,6 +117,7 @@ impl Plyfs {
                     impure: false,
                     xattr_whiteouts: false,
                     origin: None,
+                    redirect: None,
                 };
                 if kind == libc::S_IFDIR {
                     let m =
@@ -122,6 +126,7 @@ impl Plyfs {
                     entry.xattr_whiteouts = m.opaque == OpaqueValue::XattrWhiteouts;
                     entry.impure = m.impure;
                     entry.origin = m.origin;
+                    entry.redirect = m.redirect.map(Into::into);
                 } else if impure {
                     entry.origin =
                         whiteout::file_markers(ufd.as_fd(), name.as_cstr(), self.upper_prefixes())?
@@ -214,6 +219,7 @@ impl Plyfs {
                             impure: false,
                             xattr_whiteouts: false,
                             origin: None,
+                            redirect: None,
                         });
                     }
                 }
@@ -286,11 +292,12 @@ impl Plyfs {
             impure: e.impure,
             xattr_whiteouts: e.xattr_whiteouts,
             origin: e.origin.clone(),
+            redirect: e.redirect.clone(),
         })
     }
 
     fn entry_lowers(&self, e: &ListEntry, stack: &[Arc<LowerObj>]) -> Result<Vec<Arc<LowerObj>>> {
-        if e.opaque || (e.upper.is_some() && e.kind != libc::S_IFDIR) {
+        if e.opaque || e.redirect.is_some() || (e.upper.is_some() && e.kind != libc::S_IFDIR) {
             return Ok(Vec::new());
         }
         e.lowers
@@ -324,7 +331,9 @@ impl Plyfs {
         };
         let expected = e.upper.or_else(|| e.lowers.first().map(|l| l.1));
         match st {
-            Ok(st) if Some(st.ino) == expected && st.file_type() == e.kind => {
+            Ok(st)
+                if Some(st.ino) == expected && st.file_type() == e.kind && e.redirect.is_none() =>
+            {
                 let mut f = self.entry_found_shallow(e, udev, stack)?;
                 if let Some(l) = f.lowers.first_mut().filter(|_| e.upper.is_none()) {
                     // The top lower object: take its real device number.

@@ -17,8 +17,17 @@ pub fn wants_write(flags: i32) -> bool {
 impl Plyfs {
     /// Flags used to open a real file for a request's open flags.
     pub fn real_open_flags(&self, flags: i32) -> i32 {
-        (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
-            | libc::O_NOFOLLOW
+        let mut f = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+            | libc::O_NOFOLLOW;
+        if self.io.writeback() {
+            // The kernel's writeback cache reads pages of write-only files
+            // and does appends itself.
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f
     }
 
     /// Opens the real file of `node` (upper if it has one), copying it up
@@ -115,8 +124,9 @@ impl Plyfs {
     }
 
     pub fn do_release(&self, fh: u64) {
-        let f = self.handles.remove_file(fh);
-        drop(f);
+        if let Some(f) = self.handles.remove_file(fh) {
+            crate::tuning::released(&f);
+        }
     }
 
     pub fn do_fsync(&self, fh: u64, datasync: bool) -> Result<()> {
