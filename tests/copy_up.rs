@@ -689,54 +689,78 @@ fn posix_acls_are_copied_up_and_inherited_like_kernel() {
     assert_eq!(p, k);
 }
 
-/// Lower hard links: the kernel (index=off) breaks the link on copy-up;
-/// the written name shows the new data, the other name the old.
+/// Lower hard links stay one file after copy-up (plyfs links every visible
+/// name into the upper layer): what the mount shows equals the kernel's
+/// `index=on` behaviour, and the upper holds both names as one inode.
 fn lower_hard_link_case(list_first: bool) {
     let setup = |l: &Layers| {
         write(&l.lower(0).join("d/x"), b"orig");
         std::fs::hard_link(l.lower(0).join("d/x"), l.lower(0).join("d/y")).unwrap();
+        write(&l.lower(0).join("d/other"), b"");
     };
-    let (p, k) = plyfs_and_kernel(1, setup, |mnt, l| {
+    let (p, k) = plyfs_and_kernel_with(1, "", "index=on", setup, |mnt, _| {
         if list_first {
             for n in ["d/x", "d/y"] {
                 lstat(&mnt.join(n)).unwrap();
             }
         }
+        let before = lstat(&mnt.join("d/x")).unwrap().ino();
         std::fs::write(mnt.join("d/x"), b"new").unwrap();
+        let (x, y) = (
+            lstat(&mnt.join("d/x")).unwrap(),
+            lstat(&mnt.join("d/y")).unwrap(),
+        );
         (
             ls(&mnt.join("d")),
             std::fs::read(mnt.join("d/x")).ok(),
             std::fs::read(mnt.join("d/y")).ok(),
-            ls(&l.upper.join("d")),
+            (x.ino() == y.ino(), x.ino() == before, x.nlink(), y.nlink()),
         )
     });
     assert_eq!(
-        k,
-        (
-            vec!["x".to_string(), "y".to_string()],
-            Some(b"new".to_vec()),
-            Some(b"orig".to_vec()),
-            vec!["x".to_string()]
-        ),
+        k.0,
+        ["other".to_string(), "x".to_string(), "y".to_string()],
         "kernel"
     );
+    assert_eq!(k.2.as_deref(), Some(&b"new"[..]), "kernel index=on");
     assert_eq!(p, k);
 }
 
 #[test]
-#[ignore = "plyfs bug: copy-up of a lower file with nlink>1 hides both names until remount"]
-fn copy_up_of_lower_hard_link_like_kernel() {
-    if !require_root("copy_up_of_lower_hard_link_like_kernel") {
+fn copy_up_of_lower_hard_link_keeps_one_file() {
+    if !require_root("copy_up_of_lower_hard_link_keeps_one_file") {
         return;
     }
     lower_hard_link_case(false);
 }
 
 #[test]
-#[ignore = "plyfs bug: copy-up of a lower hard link looked up under two names copies it up under the wrong name"]
-fn copy_up_of_lower_hard_link_after_lookup_like_kernel() {
-    if !require_root("copy_up_of_lower_hard_link_after_lookup_like_kernel") {
+fn copy_up_of_lower_hard_link_after_lookup_keeps_one_file() {
+    if !require_root("copy_up_of_lower_hard_link_after_lookup_keeps_one_file") {
         return;
     }
     lower_hard_link_case(true);
+}
+
+#[test]
+fn lower_hard_links_are_plain_links_in_upper_after_copy_up() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("a/x"), b"orig");
+    std::fs::create_dir(l.lower(0).join("b")).unwrap();
+    std::fs::hard_link(l.lower(0).join("a/x"), l.lower(0).join("b/y")).unwrap();
+    {
+        let m = l.mount();
+        std::fs::write(m.mnt.join("a/x"), b"new").unwrap();
+        assert_eq!(std::fs::read(m.mnt.join("b/y")).unwrap(), b"new");
+    }
+    let (x, y) = (
+        lstat(&l.upper.join("a/x")).unwrap(),
+        lstat(&l.upper.join("b/y")).unwrap(),
+    );
+    assert_eq!((x.ino(), x.nlink()), (y.ino(), 2));
+    assert_eq!(std::fs::read(l.lower(0).join("b/y")).unwrap(), b"orig");
+    // A remount sees one file too.
+    let m = l.mount();
+    assert_eq!(std::fs::read(m.mnt.join("b/y")).unwrap(), b"new");
+    assert_eq!(ls(&m.mnt.join("a")), ["x"]);
 }

@@ -355,24 +355,91 @@ fn rename_upper_only_directory() {
     assert_eq!(ls(&m.mnt.join("lowerdir")), ["moved", "x"]);
 }
 
+fn dir_rename_setup(l: &Layers) {
+    write(&l.lower(1).join("d/x"), b"x");
+    write(&l.lower(0).join("d/sub/y"), b"y");
+    write(&l.lower(0).join("m/y"), b"");
+    write(&l.upper.join("m/z"), b"z");
+    std::fs::create_dir(l.lower(0).join("dest")).unwrap();
+    write(&l.lower(0).join("f"), b"");
+    std::fs::create_dir(l.lower(0).join("empty")).unwrap();
+}
+
+/// Renames a lower-only and a merged directory and returns what the
+/// mount shows afterwards.
+fn dir_rename_op(mnt: &Path) -> Vec<String> {
+    let r = |a: &str, b: &str| {
+        renameat2(&mnt.join(a), &mnt.join(b), 0)
+            .map_err(|e| errno(&e))
+            .err()
+            .unwrap_or(0)
+    };
+    let mut out = vec![
+        format!("d->d2: {}", r("d", "d2")),
+        format!("m->dest/m: {}", r("m", "dest/m")),
+        format!("empty->d2: {}", r("empty", "d2")),
+    ];
+    for dir in ["", "d", "d2", "d2/sub", "dest", "dest/m", "m"] {
+        let p = mnt.join(dir);
+        out.push(format!(
+            "{dir}: {:?}",
+            std::fs::read_dir(&p).map(|_| ls(&p)).ok()
+        ));
+    }
+    out
+}
+
 #[test]
-fn rename_dir_with_lower_content_is_exdev_like_kernel() {
-    if !require_root("rename_dir_with_lower_content_is_exdev_like_kernel") {
+fn rename_dir_with_lower_content_like_kernel_redirect_dir_on() {
+    if !require_root("rename_dir_with_lower_content_like_kernel_redirect_dir_on") {
         return;
     }
-    let setup = |l: &Layers| {
-        write(&l.lower(0).join("d/x"), b"");
-        write(&l.lower(0).join("m/y"), b"");
-        write(&l.upper.join("m/z"), b"");
-    };
-    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
-        (
-            renameat2(&mnt.join("d"), &mnt.join("d2"), 0).map_err(|e| errno(&e)),
-            renameat2(&mnt.join("m"), &mnt.join("m2"), 0).map_err(|e| errno(&e)),
-            ls(mnt),
-        )
+    let (p, k) = plyfs_and_kernel_with(2, "", "redirect_dir=on", dir_rename_setup, |mnt, _| {
+        dir_rename_op(mnt)
     });
-    assert_eq!(k.0, Err(libc::EXDEV), "kernel");
+    assert_eq!(k[0], "d->d2: 0", "kernel");
+    assert_eq!(p, k);
+}
+
+#[test]
+fn renamed_dirs_survive_remount_and_read_the_same_in_kernel() {
+    if !require_root("renamed_dirs_survive_remount_and_read_the_same_in_kernel") {
+        return;
+    }
+    let l = Layers::new(2);
+    dir_rename_setup(&l);
+    let live = {
+        let m = l.mount();
+        dir_rename_op(&m.mnt);
+        snapshot(&m.mnt)
+    };
+    let again = {
+        let m = l.mount();
+        snapshot(&m.mnt)
+    };
+    let d = diff(&live, &again, "before remount", "after remount");
+    assert!(d.is_empty(), "{d}");
+    let kernel = {
+        let _k = l.mount_kernel("redirect_dir=on");
+        snapshot(&l.mnt)
+    };
+    let d = diff(&live, &kernel, "plyfs", "kernel on plyfs's upper");
+    assert!(d.is_empty(), "{d}");
+}
+
+#[test]
+fn rename_dir_with_lower_content_is_exdev_with_redirect_dir_off() {
+    if !require_root("rename_dir_with_lower_content_is_exdev_with_redirect_dir_off") {
+        return;
+    }
+    let (p, k) = plyfs_and_kernel_with(
+        2,
+        "redirect_dir=off",
+        "redirect_dir=off",
+        dir_rename_setup,
+        |mnt, _| dir_rename_op(mnt),
+    );
+    assert_eq!(k[0], format!("d->d2: {}", libc::EXDEV), "kernel");
     assert_eq!(p, k);
 }
 
@@ -386,7 +453,7 @@ fn rename_file_over_directory_and_back_errors_like_kernel() {
         write(&l.lower(0).join("d/x"), b"");
         std::fs::create_dir(l.lower(0).join("empty")).unwrap();
     };
-    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+    let (p, k) = plyfs_and_kernel_with(2, "", "redirect_dir=on", setup, |mnt, _| {
         let r = |a: &str, b: &str| renameat2(&mnt.join(a), &mnt.join(b), 0).map_err(|e| errno(&e));
         (r("f", "d"), r("d", "f"), r("f", "empty"), r("empty", "d"))
     });

@@ -288,6 +288,40 @@ pub fn plyfs_and_kernel<R>(
     (ra, rb)
 }
 
+/// Like [`plyfs_and_kernel`] with extra mount options for each side
+/// (comma separated, may be empty).
+pub fn plyfs_and_kernel_with<R>(
+    n: usize,
+    plyfs_opts: &str,
+    kernel_opts: &str,
+    setup: impl Fn(&Layers),
+    op: impl Fn(&Path, &Layers) -> R,
+) -> (R, R) {
+    let a = Layers::new(n);
+    setup(&a);
+    let b = Layers::new(n);
+    setup(&b);
+    let ra = {
+        let m = mount_with(&a, plyfs_opts);
+        op(&m.mnt, &a)
+    };
+    let rb = {
+        let _k = b.mount_kernel(kernel_opts);
+        op(&b.mnt, &b)
+    };
+    (ra, rb)
+}
+
+/// Mounts plyfs over `l` with extra `-o` options.
+pub fn mount_with(l: &Layers, extra: &str) -> PlyfsMount {
+    let mut o = l.options();
+    if !extra.is_empty() {
+        o.push(',');
+        o.push_str(extra);
+    }
+    PlyfsMount::start(&l.mnt, &o, &[]).expect("mount plyfs")
+}
+
 /// `n` bytes of deterministic pseudo-random data.
 pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
