@@ -420,3 +420,103 @@ fn d_ino_stays_equal_to_st_ino_after_cache_eviction() {
     };
     assert_eq!(listed, st);
 }
+
+/// Random writes, unlinks, renames and links in three directories (two
+/// merged with lower content, one new); after every step each listing must
+/// equal a model of what should be there, and every name must show the
+/// content last written through any of its links.
+#[test]
+fn listings_follow_a_model_under_random_operations() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    let l = Layers::new(2);
+    let dirs = ["a", "b", "c"];
+    // dir -> name -> file id; file id -> content.
+    let mut tree: BTreeMap<&str, BTreeMap<String, usize>> = Default::default();
+    let mut content: Vec<String> = Vec::new();
+    for d in dirs {
+        tree.insert(d, BTreeMap::new());
+    }
+    for i in 0..6 {
+        for (d, layer) in [("a", i % 2), ("b", 1)] {
+            let c = format!("lower {d}/f{i}");
+            write(&l.lower(layer).join(format!("{d}/f{i}")), c.as_bytes());
+            tree.get_mut(d)
+                .unwrap()
+                .insert(format!("f{i}"), content.len());
+            content.push(c);
+        }
+    }
+    let m = l.mount();
+    std::fs::create_dir(m.mnt.join("c")).unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
+    let pick = |rng: &mut rand::rngs::SmallRng| {
+        (
+            dirs[rng.gen_range(0..3)],
+            format!("f{}", rng.gen_range(0..9)),
+        )
+    };
+    for step in 0..400 {
+        let (d, n) = pick(&mut rng);
+        let p = m.mnt.join(d).join(&n);
+        let what;
+        match rng.gen_range(0..4) {
+            0 => {
+                what = format!("write {d}/{n}");
+                let c = format!("step {step}");
+                std::fs::write(&p, c.as_bytes()).unwrap();
+                match tree[d].get(&n) {
+                    Some(&id) => content[id] = c,
+                    None => {
+                        tree.get_mut(d).unwrap().insert(n, content.len());
+                        content.push(c);
+                    }
+                }
+            }
+            1 => {
+                what = format!("unlink {d}/{n}");
+                let present = tree.get_mut(d).unwrap().remove(&n).is_some();
+                assert_eq!(std::fs::remove_file(&p).is_ok(), present, "{what}");
+            }
+            2 => {
+                let (d2, n2) = pick(&mut rng);
+                what = format!("rename {d}/{n} -> {d2}/{n2}");
+                let src = tree[d].get(&n).copied();
+                let r = std::fs::rename(&p, m.mnt.join(d2).join(&n2));
+                assert_eq!(r.is_ok(), src.is_some(), "{what}: {r:?}");
+                // Renaming onto another link of the same file does nothing.
+                if let Some(id) = src
+                    && tree[d2].get(&n2) != Some(&id)
+                {
+                    tree.get_mut(d).unwrap().remove(&n);
+                    tree.get_mut(d2).unwrap().insert(n2, id);
+                }
+            }
+            _ => {
+                let (d2, n2) = pick(&mut rng);
+                what = format!("link {d}/{n} -> {d2}/{n2}");
+                let src = tree[d]
+                    .get(&n)
+                    .copied()
+                    .filter(|_| !tree[d2].contains_key(&n2));
+                let r = std::fs::hard_link(&p, m.mnt.join(d2).join(&n2));
+                assert_eq!(r.is_ok(), src.is_some(), "{what}: {r:?}");
+                if let Some(id) = src {
+                    tree.get_mut(d2).unwrap().insert(n2, id);
+                }
+            }
+        }
+        for dd in dirs {
+            let got: Vec<String> = ls(&m.mnt.join(dd));
+            let want: Vec<String> = tree[dd].keys().cloned().collect();
+            assert_eq!(got, want, "step {step} ({what}): listing of {dd}");
+            for (name, &id) in &tree[dd] {
+                let c = std::fs::read_to_string(m.mnt.join(dd).join(name)).unwrap();
+                assert_eq!(
+                    c, content[id],
+                    "step {step} ({what}): content of {dd}/{name}"
+                );
+            }
+        }
+    }
+}
