@@ -283,7 +283,6 @@ fn reading_does_not_copy_up_or_touch_lower() {
 /// The kernel reads lower files with O_NOATIME: neither the lower file's
 /// atime nor the atime shown in the mount moves on a read.
 #[test]
-#[ignore = "plyfs bug: reading through the mount updates the lower file's atime (kernel uses O_NOATIME)"]
 fn reading_keeps_atime_like_kernel() {
     if !require_root("reading_keeps_atime_like_kernel") {
         return;

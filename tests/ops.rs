@@ -934,7 +934,6 @@ fn unlinked_open_files_stay_readable_and_writable() {
 /// fstat(2) of an open file whose name was removed: the kernel answers
 /// from the open file (nlink 0).
 #[test]
-#[ignore = "plyfs bug: fstat on an open file after unlink fails with ENOENT"]
 fn fstat_after_unlink_works() {
     let l = Layers::new(1);
     write(&l.lower(0).join("low"), b"lower data");
