@@ -43,16 +43,26 @@ impl Plyfs {
     /// all handles and rebuilt only after the directory changed; later reads
     /// keep the handle's listing, and since offsets are name hashes any
     /// listing continues any other correctly.
-    fn listing_for(&self, h: &DirHandle, offset: u64) -> Result<Arc<Listing>> {
+    fn listing_for(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Node>, Arc<Listing>)> {
+        let Some(h) = self.handles.dir(fh) else {
+            // No handle (the kernel opens directories itself): the current
+            // listing; name-hash offsets make any listing continue any other.
+            let node = self.node(ino)?;
+            if !node.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            let l = self.current_listing(&node)?;
+            return Ok((node, l));
+        };
         let mut g = h.listing.lock();
         if let Some(l) = g.as_ref()
             && offset > 0
         {
-            return Ok(l.clone());
+            return Ok((h.node.clone(), l.clone()));
         }
         let l = self.current_listing(&h.node)?;
         *g = Some(l.clone());
-        Ok(l)
+        Ok((h.node.clone(), l))
     }
 
     /// The directory's listing at its current version (cached in the node).
@@ -80,15 +90,15 @@ impl Plyfs {
     /// the reply is full.
     pub fn do_readdir(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItem) -> bool,
     ) -> Result<()> {
-        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let l = self.listing_for(&h, offset)?;
+        let (dir, l) = self.listing_for(ino, fh, offset)?;
         if offset < DOT_OFFSET
             && !add(DirItem {
-                ino: h.node.ino,
+                ino: dir.ino,
                 next: DOT_OFFSET,
                 kind: libc::S_IFDIR,
                 name: b".".as_slice().into(),
@@ -98,7 +108,7 @@ impl Plyfs {
         }
         if offset < DOTDOT_OFFSET
             && !add(DirItem {
-                ino: self.parent_ino(&h.node),
+                ino: self.parent_ino(&dir),
                 next: DOTDOT_OFFSET,
                 kind: libc::S_IFDIR,
                 name: b"..".as_slice().into(),
@@ -126,12 +136,12 @@ impl Plyfs {
     /// given back.
     pub fn do_readdirplus(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(&DirItem, &FileAttr, u64) -> bool,
     ) -> Result<()> {
-        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let l = self.listing_for(&h, offset)?;
+        let (dir, l) = self.listing_for(ino, fh, offset)?;
         for (off, name) in [
             (DOT_OFFSET, b".".as_slice()),
             (DOTDOT_OFFSET, b"..".as_slice()),
@@ -140,10 +150,10 @@ impl Plyfs {
                 continue;
             }
             let node = if off == DOT_OFFSET {
-                h.node.clone()
+                dir.clone()
             } else {
-                self.node(self.parent_ino(&h.node))
-                    .unwrap_or_else(|_| h.node.clone())
+                self.node(self.parent_ino(&dir))
+                    .unwrap_or_else(|_| dir.clone())
             };
             let attr = self.node_attr(&node)?;
             let item = DirItem {
@@ -157,14 +167,14 @@ impl Plyfs {
             }
         }
         for e in &l.entries[l.first_after(offset)..] {
-            let found = match self.entry_found(&h.node, e, &l.stack) {
+            let found = match self.entry_found(&dir, e, &l.stack) {
                 Ok(f) => f,
                 // Removed since the listing was made.
                 Err(err) if err.code() == libc::ENOENT => continue,
                 Err(err) => return Err(err),
             };
             let name = Name::new(&e.name)?;
-            let (node, attr) = self.remember(&h.node, &name, found)?;
+            let (node, attr) = self.remember(&dir, &name, found)?;
             let item = DirItem {
                 ino: node.ino,
                 next: e.cookie,
