@@ -150,7 +150,7 @@ fn mounts_line(mnt: &Path) -> Option<String> {
         .ok()?
         .lines()
         .filter(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .last()
+        .next_back()
         .map(str::to_string)
 }
 
