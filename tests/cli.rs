@@ -149,8 +149,7 @@ fn mounts_line(mnt: &Path) -> Option<String> {
     std::fs::read_to_string("/proc/mounts")
         .ok()?
         .lines()
-        .filter(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .next_back()
+        .rfind(|l| l.split(' ').nth(1) == Some(want.as_str()))
         .map(str::to_string)
 }
 
