@@ -75,7 +75,8 @@ where
     S: AsRef<OsStr>,
 {
     let mut c = Command::new(PLYFS);
-    c.args(args);
+    // The checks on stderr assume the default log level.
+    c.args(args).env_remove("RUST_LOG");
     c
 }
 
@@ -83,7 +84,8 @@ where
 fn as_nobody(prog: &str) -> Command {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(prog);
+        .arg(prog)
+        .env_remove("RUST_LOG");
     c
 }
 
