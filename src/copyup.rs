@@ -31,6 +31,31 @@ impl Plyfs {
         self.copy_up_opts(node, true)
     }
 
+    /// Copies a directory and everything visible in it up, then makes it
+    /// opaque: afterwards it no longer depends on the lower layers and can
+    /// move without a redirect.
+    pub fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up(node)?;
+        if !node.is_dir() {
+            return Ok(());
+        }
+        let listing = self.build_listing(node)?;
+        for e in &listing.entries {
+            let name = Name::new(&e.name)?;
+            let child = self.node_at(node, &name)?;
+            self.copy_up_tree(&child)?;
+        }
+        let (pfd, name) = self.upper_loc(node)?;
+        self.set_opaque(pfd.as_fd(), &name)?;
+        let mut s = node.state.write();
+        s.opaque = true;
+        s.lowers = Arc::from(Vec::new());
+        s.stack_checked = true;
+        drop(s);
+        node.touch_version();
+        Ok(())
+    }
+
     /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
     /// (the caller truncates the file to zero right after).
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
@@ -40,10 +65,6 @@ impl Plyfs {
         self.upper_layer()?;
         let (parent, name) = self.parent_of(node)?;
         self.copy_up(&parent)?;
-        let _g = node.copy_lock.lock();
-        if node.has_upper() {
-            return Ok(());
-        }
         let lower = node
             .state
             .read()
@@ -51,7 +72,22 @@ impl Plyfs {
             .first()
             .cloned()
             .ok_or(Errno::EIO)?;
-        self.copy_up_locked(node, &parent, &name, &lower, data)
+        // Other names of a multiply-linked lower file get linked to the copy.
+        let siblings = if !node.is_dir() && lower.stat()?.nlink > 1 {
+            self.lower_siblings(&lower, (&parent, &name))?
+        } else {
+            Vec::new()
+        };
+        let _g = node.copy_lock.lock();
+        if node.has_upper() {
+            return Ok(());
+        }
+        self.copy_up_locked(node, &parent, &name, &lower, data)?;
+        if !siblings.is_empty() {
+            let pfd = self.upper_dir_fd(&parent)?;
+            self.link_siblings(node, (&pfd, &name), &siblings);
+        }
+        Ok(())
     }
 
     fn copy_up_locked(

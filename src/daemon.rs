@@ -262,6 +262,22 @@ fn serve(
         .map_err(|e| format!("session ended with an error: {e}"))
 }
 
+/// Mounts in this process and serves from background threads; the mount
+/// lasts until the returned session is dropped or unmounted. For embedding
+/// plyfs (the demo uses it); the command line uses [`run`].
+pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
+    let checked = crate::setup::validate(&req.options, &req.mountpoint)?;
+    let limit = sys::process::raise_nofile_limit(1 << 20);
+    crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
+    let fs = Arc::new(crate::setup::build(&req.options, checked)?);
+    let config = mount_config(&req.options, &req.source, fs.read_only());
+    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config)
+        .map_err(|e| mount_error(&e))?;
+    session
+        .spawn()
+        .map_err(|e| format!("cannot start the session: {e}"))
+}
+
 fn lazy_unmount(mountpoint: &Path) {
     if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
         let _ = sys::process::umount_detach(&c);

@@ -44,6 +44,17 @@ pub struct Config {
     pub static_nlink: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
+    /// What renaming a directory with lower content does.
+    pub redirect: crate::options::RedirectMode,
+    /// `passthrough=`/`writeback=` from the command line (None: automatic).
+    pub passthrough: Option<crate::options::Passthrough>,
+    pub writeback: Option<bool>,
+}
+
+impl Config {
+    pub fn follow_redirects(&self) -> bool {
+        self.redirect != crate::options::RedirectMode::NoFollow
+    }
 }
 
 /// The writable layer and its work directory.
@@ -69,6 +80,10 @@ pub struct Plyfs {
     pub table: Table,
     pub inos: InoMap,
     pub handles: Handles,
+    /// Per lower layer: its multiply-linked files (see `hardlinks`).
+    pub link_maps: dashmap::DashMap<usize, Arc<crate::hardlinks::LinkMap>>,
+    /// I/O modes negotiated with the kernel.
+    pub io: crate::tuning::IoModes,
 }
 
 impl Plyfs {
@@ -91,6 +106,8 @@ impl Plyfs {
             table: Table::new(),
             inos: InoMap::new(&devs, ino32),
             handles: Handles::new(),
+            link_maps: dashmap::DashMap::new(),
+            io: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -124,6 +141,15 @@ impl Plyfs {
 
     pub fn read_only(&self) -> bool {
         self.upper.is_none()
+    }
+
+    /// Filesystem types (f_type) of all layers.
+    pub fn layer_fs_types(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.lowers.iter().map(|l| l.fs_magic).collect();
+        if let Some(u) = &self.upper {
+            v.push(sys::fs::fs_type(u.root.as_fd()).unwrap_or(0));
+        }
+        v
     }
 
     /// EROFS on a mount without an upper layer.
@@ -200,11 +226,24 @@ impl Plyfs {
             return Ok(stack);
         }
         let mut trimmed: Vec<Arc<LowerObj>> = Vec::with_capacity(stack.len());
+        let mut redirected = false;
         for l in stack.iter() {
             trimmed.push(l.clone());
-            if l.dir_info()?.opaque {
+            let info = l.dir_info()?;
+            if info.opaque {
                 break;
             }
+            if info.redirect.is_some() && self.cfg.follow_redirects() {
+                redirected = true;
+                break;
+            }
+        }
+        if redirected {
+            // The stack came from matching names in a listing, but a lower
+            // directory redirects the layers below it: look it up properly.
+            let (parent, name) = self.parent_of(node)?;
+            let f = self.resolve_found(&parent, &name)?;
+            trimmed = f.lowers;
         }
         let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
         let mut s = node.state.write();
@@ -213,6 +252,31 @@ impl Plyfs {
             s.stack_checked = true;
         }
         Ok(s.lowers.clone())
+    }
+
+    /// Where a directory's lower content lives, as an absolute path in the
+    /// lower layers (`/a/b`; empty for the root). Follows the redirects of
+    /// the directory and its ancestors, as the kernel does when it computes
+    /// an absolute redirect.
+    pub fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if node.ino == ino::ROOT {
+            return Ok(Vec::new());
+        }
+        let (redirect, alias) = {
+            let s = node.state.read();
+            (
+                s.redirect.clone(),
+                s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
+            )
+        };
+        if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
+            return Ok(r.to_vec());
+        }
+        let parent = self.node(alias.parent)?;
+        let mut p = self.lower_path(&parent)?;
+        p.push(b'/');
+        p.extend_from_slice(redirect.as_deref().unwrap_or(&alias.name));
+        Ok(p)
     }
 
     /// Fresh `lstat` of the object a node currently stands for.
@@ -267,6 +331,11 @@ impl Plyfs {
 
     pub fn attr_from(&self, node: &Arc<Node>, st: &Stat) -> Result<FileAttr> {
         let merged = self.is_merged_dir(node)?;
+        if self.cfg.xattr_permissions > 0 {
+            let mut st = *st;
+            self.apply_override(node, &mut st)?;
+            return Ok(attr::make(node.ino, &st, merged, &self.attr_opts()));
+        }
         Ok(attr::make(node.ino, st, merged, &self.attr_opts()))
     }
 

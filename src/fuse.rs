@@ -31,6 +31,14 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
+    }
+}
+
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -88,14 +96,14 @@ impl FuseFs {
 
     fn create_entry(
         &self,
-        req: &Request,
+        who: Caller,
         parent: INodeNo,
         name: &OsStr,
         what: NewObject<'_>,
         reply: ReplyEntry,
     ) {
         let res = names::check(name)
-            .and_then(|n| self.fs.do_create_object(parent.0, &n, what, caller(req)))
+            .and_then(|n| self.fs.do_create_object(parent.0, &n, what, who))
             .map(|c| (c.node, c.attr));
         self.entry(reply, res);
     }
@@ -172,7 +180,7 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -187,7 +195,7 @@ impl Filesystem for FuseFs {
                 rdev: decode_dev(rdev),
             }
         };
-        self.create_entry(req, parent, name, what, reply);
+        self.create_entry(creator(req, umask), parent, name, what, reply);
     }
 
     fn mkdir(
@@ -196,10 +204,16 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObject::Dir { mode }, reply);
+        self.create_entry(
+            creator(req, umask),
+            parent,
+            name,
+            NewObject::Dir { mode },
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -225,7 +239,13 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
-        self.create_entry(req, parent, link_name, NewObject::Symlink { target }, reply);
+        self.create_entry(
+            caller(req),
+            parent,
+            link_name,
+            NewObject::Symlink { target },
+            reply,
+        );
     }
 
     fn rename(
@@ -258,9 +278,13 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         match self.fs.node(ino.0) {
-            Ok(source) => {
-                self.create_entry(req, newparent, newname, NewObject::Link { source }, reply)
-            }
+            Ok(source) => self.create_entry(
+                caller(req),
+                newparent,
+                newname,
+                NewObject::Link { source },
+                reply,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -481,13 +505,17 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let res = names::check(name).and_then(|n| {
-            self.fs
-                .do_create_object(parent.0, &n, NewObject::File { mode, flags }, caller(req))
+            self.fs.do_create_object(
+                parent.0,
+                &n,
+                NewObject::File { mode, flags },
+                creator(req, umask),
+            )
         });
         match res {
             Ok(c) => {

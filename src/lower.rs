@@ -14,12 +14,15 @@ use crate::sys::{self, Errno, fs::Stat};
 use crate::whiteout::{self, OpaqueValue};
 
 /// Markers of a lower directory, read once on first use.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LowerDirInfo {
     /// Hides the layers below (`overlay.opaque=y` or `.wh..wh..opq`).
     pub opaque: bool,
     /// May contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// `overlay.redirect` (a directory renamed in a layer that was an upper
+    /// layer once): where the layers below keep its content.
+    pub redirect: Option<Box<[u8]>>,
 }
 
 pub struct LowerObj {
@@ -132,12 +135,12 @@ impl LowerObj {
     }
 
     /// Opaque and xattr-whiteout markers of this directory (cached).
-    pub fn dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
+    pub fn dir_info(self: &Arc<Self>) -> Result<&LowerDirInfo, Errno> {
         if let Some(info) = self.dir_info.get() {
-            return Ok(*info);
+            return Ok(info);
         }
         let info = self.read_dir_info()?;
-        Ok(*self.dir_info.get_or_init(|| info))
+        Ok(self.dir_info.get_or_init(|| info))
     }
 
     fn read_dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
@@ -168,6 +171,7 @@ impl LowerObj {
         Ok(LowerDirInfo {
             opaque,
             xattr_whiteouts: markers.opaque == OpaqueValue::XattrWhiteouts,
+            redirect: markers.redirect.map(Into::into),
         })
     }
 }

@@ -45,6 +45,9 @@ pub struct NodeState {
     pub impure: bool,
     /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// `overlay.redirect` of the upper directory: where its lower content
+    /// lives (a name in the parent's lower directories, or `/a/b`).
+    pub redirect: Option<Box<[u8]>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
 }
@@ -64,6 +67,10 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// Bumped on every change of a directory's entries (listing caches).
     pub version: AtomicU64,
+    /// Directories: the current merged listing, shared by open handles.
+    pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
+    /// How the open handles of a regular file do I/O (see `tuning`).
+    pub io: Mutex<crate::tuning::NodeIo>,
 }
 
 impl FdHolder for Node {
@@ -91,6 +98,8 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            listing: Mutex::new(None),
+            io: Mutex::new(Default::default()),
         }
     }
 

@@ -82,6 +82,7 @@ impl Plyfs {
         let pfd = self.upper_dir_fd(&parent)?;
         let pst = sys::fs::fstat(pfd.as_fd())?;
         let (uid, gid) = self.new_owner(caller, &pst)?;
+        let what = self.apply_umask(what, caller.umask, &pfd)?;
         let mut fd = None;
         let st = if whiteout {
             self.create_staged(&pfd, name, &what, uid, gid, &pst, &mut fd)?
@@ -127,14 +128,58 @@ impl Plyfs {
         })
     }
 
+    /// Applies the caller's umask, unless the parent has a default ACL (which
+    /// then decides the permissions) or the kernel already applied it.
+    fn apply_umask<'a>(
+        &self,
+        what: NewObject<'a>,
+        umask: u32,
+        pfd: &OwnedFd,
+    ) -> Result<NewObject<'a>> {
+        if umask == 0 || !self.io.dont_mask.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(what);
+        }
+        let has_default_acl =
+            match sys::fs::openat(pfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .and_then(|d| sys::xattr::fget(d.as_fd(), c"system.posix_acl_default"))
+            {
+                Ok(_) => true,
+                Err(e) if matches!(e.code(), libc::ENODATA | libc::ENOTSUP) => false,
+                Err(e) => return Err(e),
+            };
+        if has_default_acl {
+            return Ok(what);
+        }
+        let m = |mode: u32| mode & !(umask & 0o777);
+        Ok(match what {
+            NewObject::File { mode, flags } => NewObject::File {
+                mode: m(mode),
+                flags,
+            },
+            NewObject::Dir { mode } => NewObject::Dir { mode: m(mode) },
+            NewObject::Special { mode, rdev } => NewObject::Special {
+                mode: m(mode),
+                rdev,
+            },
+            other => other,
+        })
+    }
+
     /// Owner of a new object: the caller, with the group of a set-group-id
     /// parent directory.
     fn new_owner(&self, caller: Caller, parent: &Stat) -> Result<(u32, u32)> {
-        let uid = self.cfg.uids.to_host(caller.uid).ok_or(Errno::EOVERFLOW)?;
+        let uid = self
+            .cfg
+            .uids
+            .to_stored(caller.uid)
+            .ok_or(Errno::EOVERFLOW)?;
         let gid = if parent.mode & libc::S_ISGID != 0 {
             parent.gid
         } else {
-            self.cfg.gids.to_host(caller.gid).ok_or(Errno::EOVERFLOW)?
+            self.cfg
+                .gids
+                .to_stored(caller.gid)
+                .ok_or(Errno::EOVERFLOW)?
         };
         Ok((uid, gid))
     }
@@ -320,6 +365,7 @@ impl Found {
             impure: false,
             xattr_whiteouts: false,
             origin: None,
+            redirect: None,
         }
     }
 }

@@ -117,6 +117,7 @@ impl Plyfs {
                 opaque: f.opaque,
                 impure: f.impure,
                 xattr_whiteouts: f.xattr_whiteouts,
+                redirect: f.redirect.clone(),
                 unlinked: false,
             },
         ));

@@ -13,6 +13,7 @@ use crate::sys::{self, Errno};
 
 /// How to reach a real object for xattr calls: (parent directory, name), or
 /// an open descriptor for layer roots, which have no parent.
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
 enum RealRef {
     At(Arc<OwnedFd>, Name),
     Open(OwnedFd),
@@ -79,6 +80,9 @@ impl Plyfs {
         if self.cfg.noacl && name.starts_with(b"system.posix_acl_") {
             return Err(Errno::EOPNOTSUPP);
         }
+        if self.is_override_attr(name) {
+            return Err(Errno::ENODATA);
+        }
         Ok(())
     }
 
@@ -95,7 +99,7 @@ impl Plyfs {
         let raw = self.real_ref(&node)?.list()?;
         let mut out = Vec::with_capacity(raw.len());
         for n in sys::xattr::split_list(&raw) {
-            if self.cfg.noacl && n.starts_with(b"system.posix_acl_") {
+            if (self.cfg.noacl && n.starts_with(b"system.posix_acl_")) || self.is_override_attr(n) {
                 continue;
             }
             match ovl_xattr::classify(n) {
