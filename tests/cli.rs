@@ -268,9 +268,22 @@ fn sh_as_nobody(script: &str) -> Output {
 /// Unmounts with `how` (a command and its args before the mountpoint),
 /// then checks the daemon exits and the mount is gone.
 fn unmount_and_check_exit(how: Command, mnt: &Path, pids: &[i32]) {
-    let mut how = how;
-    how.arg(mnt);
-    let out = run(how);
+    let prog = how.get_program().to_owned();
+    let args: Vec<OsString> = how.get_args().map(|a| a.to_owned()).collect();
+    // A child another test thread is spawning can hold a copy of our
+    // descriptors into the mount for a moment (between fork and exec), which
+    // makes the unmount fail with "target is busy": retry briefly.
+    let mut attempt = 0;
+    let out = loop {
+        let mut c = Command::new(&prog);
+        c.args(&args).arg(mnt);
+        let out = run(c);
+        attempt += 1;
+        if out.code() == Some(0) || !out.stderr.contains("busy") || attempt == 20 {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(out.code(), Some(0), "unmount failed: {}", out.stderr);
     assert!(!is_mounted(mnt), "still mounted after unmount");
     assert!(
