@@ -66,14 +66,11 @@ pub fn run(req: MountRequest) -> i32 {
         Ok(sys::process::Fork::Child) => {
             drop(rd);
             let _ = sys::process::setsid();
+            // Errors before the mount is live reach the parent, which prints
+            // them; later ones would go to stderr, which is /dev/null by then.
             match serve(&req, checked, Some(wr)) {
                 Ok(()) => 0,
-                Err(msg) => {
-                    // The parent printed it when the pipe was still open;
-                    // otherwise it goes to the log.
-                    log::error!("{msg}");
-                    1
-                }
+                Err(_) => 1,
             }
         }
     }

@@ -67,6 +67,9 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// Bumped on every change of a directory's entries (listing caches).
     pub version: AtomicU64,
+    /// The real object of a node whose last name was removed while the
+    /// kernel still references it (see `Plyfs::pin_inode`).
+    pub pin: Mutex<Option<std::os::fd::OwnedFd>>,
     /// Directories: the current merged listing, shared by open handles.
     pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
     /// How the open handles of a regular file do I/O (see `tuning`).
@@ -98,6 +101,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            pin: Mutex::new(None),
             listing: Mutex::new(None),
             io: Mutex::new(Default::default()),
         }

@@ -518,7 +518,6 @@ fn rejects_unknown_mount_option() {
 }
 
 #[test]
-#[ignore = "plyfs bug: clap errors (unknown flag) exit 2 with a multi-line message instead of exit 1 and one line"]
 fn rejects_unknown_flag() {
     let l = Layers::new(1);
     let args = vec![
@@ -531,7 +530,6 @@ fn rejects_unknown_flag() {
 }
 
 #[test]
-#[ignore = "plyfs bug: a missing MOUNTPOINT argument exits 2 with a multi-line clap message instead of exit 1 and one line"]
 fn rejects_missing_mountpoint_argument() {
     let l = Layers::new(1);
     let args = vec![opt_arg("-o"), l.options().into()];
@@ -1130,7 +1128,6 @@ fn unprivileged_mount_without_dev_fuse_access_is_explained_foreground() {
 }
 
 #[test]
-#[ignore = "plyfs bug: in daemon mode a mount error is printed twice (parent line + child's log::error line)"]
 fn unprivileged_mount_without_dev_fuse_access_is_explained_daemon() {
     dev_fuse_refusal(
         "unprivileged_mount_without_dev_fuse_access_is_explained_daemon",
@@ -1166,7 +1163,6 @@ fn rejects_unpreparable_workdir_foreground() {
 }
 
 #[test]
-#[ignore = "plyfs bug: in daemon mode a setup error is printed twice (parent line + child's log::error line)"]
 fn rejects_unpreparable_workdir_daemon() {
     unpreparable_workdir(false);
 }

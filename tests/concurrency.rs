@@ -263,7 +263,6 @@ fn check_consistent(l: &Layers, live: &std::collections::BTreeMap<Vec<u8>, Entry
 }
 
 #[test]
-#[ignore = "plyfs bug: racing create/unlink/open of one name gives ENXIO/EIO; mkdir ESTALE on ext4"]
 fn concurrent_namespace_operations() {
     let l = Layers::new(1);
     populate(&l, &[String::new()]);
@@ -283,7 +282,6 @@ fn concurrent_namespace_operations() {
 }
 
 #[test]
-#[ignore = "plyfs bug: racing create/unlink/open of one name gives ENXIO/EIO; mkdir ESTALE on ext4"]
 fn concurrent_operations_after_forget() {
     // The same with the kernel dropping its caches now and then, so plyfs
     // handles FORGET racing with lookups and renames.
@@ -339,13 +337,11 @@ fn concurrent_file_operations_on_own_names_in_shared_dirs() {
 }
 
 #[test]
-#[ignore = "plyfs bug: concurrent mkdir/rmdir/create of distinct names sometimes fails with ESTALE or EIO on ext4 (inode numbers reused as node ids)"]
 fn concurrent_file_and_dir_operations_on_own_names_in_shared_dirs() {
     own_names(true);
 }
 
 #[test]
-#[ignore = "plyfs bug: open/read racing with unlink+create of the same name fails with ENXIO or EIO"]
 fn same_name_recreate_vs_read() {
     // Minimal form of the race: one thread recreates a name, another reads
     // it. Kernel overlayfs only ever gives ENOENT here.

@@ -47,6 +47,7 @@ impl Plyfs {
     /// first when `flags` write.
     pub fn open_node_fd(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
         if node.kind != libc::S_IFREG {
+            log::warn!("open of non-regular {node:?} state {:?}", node.state.read());
             return Err(if node.is_dir() {
                 Errno::EISDIR
             } else {

@@ -45,6 +45,9 @@ impl Plyfs {
         let needs_whiteout =
             f.has_lower() || (f.upper.is_some() && self.lower_presence(&parent, name)?);
         let last_link = f.is_dir() || f.stat.nlink <= 1;
+        if let Some(v) = victim.as_ref().filter(|_| last_link && f.upper.is_some()) {
+            self.pin_inode(v, pfd.as_fd(), name);
+        }
         match (f.upper.is_some(), needs_whiteout) {
             (true, true) => self.replace_with_whiteout(&pfd, name)?,
             (true, false) if dir => {
@@ -65,6 +68,18 @@ impl Plyfs {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the inode of an upper object that is about to lose its last
+    /// name alive while the kernel still holds its node: its inode number is
+    /// the node id (fuser reports st_ino as the node id), and the upper
+    /// filesystem must not hand that number to a new file before the kernel
+    /// forgets the old node. Released when the node is dropped.
+    pub fn pin_inode(&self, node: &Node, dir: std::os::fd::BorrowedFd<'_>, name: &Name) {
+        match sys::fs::open_path(dir, name.as_cstr()) {
+            Ok(fd) => *node.pin.lock() = Some(fd),
+            Err(e) => log::debug!("cannot pin {node:?}: {e:?}"),
+        }
     }
 
     /// Atomically swaps the upper object at `name` for a whiteout and

@@ -127,6 +127,13 @@ impl Plyfs {
             self.opaque_if_pure(&src, &sf, &pfd, name, &newparent)?;
         }
         let src_needs_whiteout = self.lower_presence(&parent, name)?;
+        if let Some(df) = replaced
+            .as_ref()
+            .filter(|d| d.upper.is_some() && (d.is_dir() || d.stat.nlink <= 1))
+            && let Some(v) = self.number_of(df).ok().and_then(|i| self.table.get(i))
+        {
+            self.pin_inode(&v, npfd.as_fd(), newname);
+        }
         if sf.is_dir() && over_whiteout {
             // A directory cannot replace a whiteout (a device node) by
             // rename: exchange the two, then deal with the whiteout.
