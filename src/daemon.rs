@@ -27,7 +27,7 @@ pub struct MountRequest {
     pub foreground: bool,
 }
 
-const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// Runs plyfs; returns the process exit code.
 pub fn run(req: MountRequest) -> i32 {
@@ -250,16 +250,23 @@ fn serve(
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
         .spawn(move || {
-            if let Ok(sig) = sys::process::wait_signal(&SIGNALS) {
+            while let Ok(sig) = sys::process::wait_signal(&SIGNALS) {
+                if sig == libc::SIGUSR1 {
+                    log::info!("requests: {}", crate::stats::summary());
+                    continue;
+                }
                 log::info!("signal {sig}: unmounting");
                 if unmounter.unmount().is_err() {
                     lazy_unmount(&mountpoint);
                 }
+                break;
             }
         });
-    session
+    let res = session
         .run()
-        .map_err(|e| format!("session ended with an error: {e}"))
+        .map_err(|e| format!("session ended with an error: {e}"));
+    log::info!("requests: {}", crate::stats::summary());
+    res
 }
 
 /// Mounts in this process and serves from background threads; the mount

@@ -178,10 +178,12 @@ impl Plyfs {
         }
         let (pfd, name) = self.upper_loc(node)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        if node.state.read().upper != Some((st.dev, st.ino)) {
-            log::warn!("upper directory of {node:?} changed under the mount");
-            return Err(Errno::ESTALE);
+        if node.upper_fd.filled_once() {
+            let st = sys::fs::fstat(fd.as_fd())?;
+            if node.state.read().upper != Some((st.dev, st.ino)) {
+                log::warn!("upper directory of {node:?} changed under the mount");
+                return Err(Errno::ESTALE);
+            }
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
         Ok(node.upper_fd.fill(fd, weak))

@@ -116,6 +116,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::stats::count(crate::stats::Op::lookup);
         match names::check(name).and_then(|n| self.fs.do_lookup(parent.0, &n)) {
             Ok(Some((node, attr))) => reply.entry(&self.ttl(), &attr, Generation(node.generation)),
             Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
@@ -124,10 +125,12 @@ impl Filesystem for FuseFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        crate::stats::count(crate::stats::Op::forget);
         self.fs.do_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::stats::count(crate::stats::Op::getattr);
         match self.fs.do_getattr(ino.0, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&self.ttl(), &attr),
             Err(e) => reply.error(e),
@@ -152,6 +155,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        crate::stats::count(crate::stats::Op::setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -168,6 +172,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::stats::count(crate::stats::Op::readlink);
         match self.fs.do_readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -184,6 +189,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::mknod);
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObject::File {
                 mode,
@@ -207,6 +213,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::mkdir);
         self.create_entry(
             creator(req, umask),
             parent,
@@ -217,6 +224,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::stats::count(crate::stats::Op::unlink);
         match names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -224,6 +232,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::stats::count(crate::stats::Op::rmdir);
         match names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -238,6 +247,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::symlink);
         let target = target.as_os_str().as_bytes();
         self.create_entry(
             caller(req),
@@ -258,6 +268,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::rename);
         let res = names::check(name).and_then(|a| {
             let b = names::check(newname)?;
             self.fs
@@ -277,6 +288,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::link);
         match self.fs.node(ino.0) {
             Ok(source) => self.create_entry(
                 caller(req),
@@ -290,6 +302,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        crate::stats::count(crate::stats::Op::open);
         match self.fs.do_open(ino.0, flags.0) {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
             Err(e) => reply.error(e),
@@ -307,6 +320,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::stats::count(crate::stats::Op::read);
         match self.fs.do_read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -325,6 +339,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        crate::stats::count(crate::stats::Op::write);
         match self.fs.do_write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
@@ -339,6 +354,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::flush);
         reply.ok();
     }
 
@@ -352,6 +368,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::release);
         self.fs.do_release(fh.0);
         reply.ok();
     }
@@ -364,6 +381,7 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::fsync);
         match self.fs.do_fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -371,6 +389,12 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::stats::count(crate::stats::Op::opendir);
+        if self.fs.io.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
+            // The kernel then opens directories itself, with cached listings.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.fs.do_opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), crate::tuning::dir_open_flags(&self.fs)),
             Err(e) => reply.error(e),
@@ -380,12 +404,13 @@ impl Filesystem for FuseFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.fs.do_readdir(fh.0, offset, |item| {
+        crate::stats::count(crate::stats::Op::readdir);
+        let res = self.fs.do_readdir(ino.0, fh.0, offset, |item| {
             !reply.add(
                 INodeNo(item.ino),
                 item.next,
@@ -402,15 +427,16 @@ impl Filesystem for FuseFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        crate::stats::count(crate::stats::Op::readdirplus);
         let ttl = self.ttl();
         let res = self
             .fs
-            .do_readdirplus(fh.0, offset, |item, attr, generation| {
+            .do_readdirplus(ino.0, fh.0, offset, |item, attr, generation| {
                 !reply.add(
                     INodeNo(item.ino),
                     item.next,
@@ -434,6 +460,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::releasedir);
         self.fs.do_releasedir(fh.0);
         reply.ok();
     }
@@ -446,6 +473,7 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::fsyncdir);
         match self.fs.do_fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -453,6 +481,7 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::stats::count(crate::stats::Op::statfs);
         match self.fs.do_statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -471,6 +500,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::setxattr);
         match self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -478,14 +508,17 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::stats::count(crate::stats::Op::getxattr);
         reply_xattr(self.fs.do_getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::stats::count(crate::stats::Op::listxattr);
         reply_xattr(self.fs.do_listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        crate::stats::count(crate::stats::Op::removexattr);
         match self.fs.do_removexattr(ino.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -493,6 +526,7 @@ impl Filesystem for FuseFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        crate::stats::count(crate::stats::Op::access);
         match self.fs.do_access(ino.0, mask.bits(), caller(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -509,6 +543,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        crate::stats::count(crate::stats::Op::create);
         let res = names::check(name).and_then(|n| {
             self.fs.do_create_object(
                 parent.0,
@@ -540,6 +575,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::fallocate);
         match self.fs.do_fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -555,6 +591,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        crate::stats::count(crate::stats::Op::lseek);
         match self.fs.do_lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
@@ -574,6 +611,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        crate::stats::count(crate::stats::Op::copy_file_range);
         match self
             .fs
             .do_copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

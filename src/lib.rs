@@ -30,6 +30,7 @@ pub mod override_stat;
 pub mod ovl_xattr;
 pub mod resolve;
 pub mod setup;
+pub mod stats;
 pub mod sys;
 pub mod table;
 pub mod tuning;

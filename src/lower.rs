@@ -108,8 +108,9 @@ impl LowerObj {
         let pfd = parent.dir_fd()?;
         let name = Name::new(&self.name)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        if st.ino != self.ino || st.dev != self.dev {
+        // O_DIRECTORY|O_NOFOLLOW already rule out anything but a directory;
+        // a reopen after eviction must also find the same one.
+        if self.fd.filled_once() && sys::fs::fstat(fd.as_fd())?.ino != self.ino {
             log::warn!("lower layer changed under the mount at {self:?}");
             return Err(Errno::ESTALE);
         }

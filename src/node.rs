@@ -67,6 +67,8 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// Bumped on every change of a directory's entries (listing caches).
     pub version: AtomicU64,
+    /// Directories: the current merged listing, shared by open handles.
+    pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
     /// How the open handles of a regular file do I/O (see `tuning`).
     pub io: Mutex<crate::tuning::NodeIo>,
 }
@@ -96,6 +98,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            listing: Mutex::new(None),
             io: Mutex::new(Default::default()),
         }
     }

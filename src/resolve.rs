@@ -201,6 +201,13 @@ impl Plyfs {
                 Err(e) => return Err(e),
             }
         }
+        if whiteout::oci_name(name.as_bytes()) != whiteout::OciName::Plain {
+            // OCI markers are metadata of the lower layers, never entries.
+            return Ok(match top {
+                Some(f) => Lookup::Found(f),
+                None => Lookup::Missing { whiteout: false },
+            });
+        }
         let stack = self.dir_stack(parent)?;
         let target = match top.as_ref().and_then(|f| f.redirect.as_deref()) {
             Some(r) if self.cfg.follow_redirects() => {

@@ -27,6 +27,10 @@ pub struct IoModes {
     pub writeback: AtomicBool,
     /// The kernel leaves the umask to plyfs (`FUSE_DONT_MASK`).
     pub dont_mask: AtomicBool,
+    /// The kernel opens directories by itself (`FUSE_NO_OPENDIR_SUPPORT`):
+    /// no OPENDIR/RELEASEDIR round trips; readdir reads the directory's
+    /// shared listing.
+    pub no_opendir: AtomicBool,
 }
 
 impl IoModes {
@@ -66,6 +70,10 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
         // umask itself, only where no default ACL exists, as the VFS does.
         InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK
     };
+    if caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
+        want |= InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        fs.io.no_opendir.store(true, Ordering::Relaxed);
+    }
     want |= InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_ATOMIC_O_TRUNC

@@ -18,7 +18,7 @@ use crate::names::Name;
 use crate::node::Node;
 use crate::ops::Caller;
 use crate::ovl_xattr;
-use crate::resolve::{Found, Lookup};
+use crate::resolve::Found;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::workdir::remove_tree;
 
@@ -35,6 +35,12 @@ impl NewObject<'_> {
     fn is_dir(&self) -> bool {
         matches!(self, NewObject::Dir { .. })
     }
+}
+
+enum UpperSlot {
+    Free,
+    Whiteout,
+    Taken,
 }
 
 /// The result of a creation: the new node, its attributes, and for files an
@@ -67,19 +73,24 @@ impl Plyfs {
             self.copy_up(source)?;
         }
         let _g = parent.dir_lock.lock();
-        let whiteout = match self.resolve(&parent, name)? {
-            Lookup::Found(f) => {
+        let pfd = self.upper_dir_fd(&parent)?;
+        // The kernel asks to create only names its lookup (under the same
+        // directory lock) found missing, so the lower layers need no second
+        // look: only the upper slot matters (free, or a whiteout to replace).
+        let whiteout = match self.upper_slot(&parent, &pfd, name)? {
+            UpperSlot::Free => false,
+            UpperSlot::Whiteout => true,
+            UpperSlot::Taken => {
                 // O_CREAT without O_EXCL on an existing file opens it.
                 if let NewObject::File { flags, .. } = what
                     && flags & libc::O_EXCL == 0
                 {
+                    let f = self.resolve_found(&parent, name)?;
                     return self.open_existing(&parent, name, f, flags);
                 }
                 return Err(Errno::EEXIST);
             }
-            Lookup::Missing { whiteout } => whiteout,
         };
-        let pfd = self.upper_dir_fd(&parent)?;
         let pst = sys::fs::fstat(pfd.as_fd())?;
         let (uid, gid) = self.new_owner(caller, &pst)?;
         let what = self.apply_umask(what, caller.umask, &pfd)?;
@@ -163,6 +174,25 @@ impl Plyfs {
             },
             other => other,
         })
+    }
+
+    /// What the upper layer holds at `name` in the directory `pfd`.
+    fn upper_slot(&self, parent: &Arc<Node>, pfd: &OwnedFd, name: &Name) -> Result<UpperSlot> {
+        match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+            Ok(st) if crate::whiteout::is_char_whiteout(&st) => Ok(UpperSlot::Whiteout),
+            Ok(st)
+                if st.is_reg()
+                    && st.size == 0
+                    && parent.state.read().xattr_whiteouts
+                    && crate::whiteout::file_markers(pfd.as_fd(), name.as_cstr(), self.upper_prefixes())?
+                        .xattr_whiteout =>
+            {
+                Ok(UpperSlot::Whiteout)
+            }
+            Ok(_) => Ok(UpperSlot::Taken),
+            Err(e) if e.code() == libc::ENOENT => Ok(UpperSlot::Free),
+            Err(e) => Err(e),
+        }
     }
 
     /// Owner of a new object: the caller, with the group of a set-group-id

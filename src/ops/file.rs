@@ -14,6 +14,19 @@ pub fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// Opens a lower object without updating its access time, like kernel
+/// overlayfs; O_NOATIME needs ownership or CAP_FOWNER, so fall back.
+pub fn open_noatime(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &crate::names::Name,
+    flags: i32,
+) -> Result<OwnedFd> {
+    match sys::fs::openat(dir, name.as_cstr(), flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => sys::fs::openat(dir, name.as_cstr(), flags, 0),
+        other => other,
+    }
+}
+
 impl Plyfs {
     /// Flags used to open a real file for a request's open flags.
     pub fn real_open_flags(&self, flags: i32) -> i32 {
@@ -58,7 +71,7 @@ impl Plyfs {
                 .cloned()
                 .ok_or(Errno::EIO)?;
             let (pfd, name) = lower.locate()?;
-            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+            open_noatime(pfd.as_fd(), &name, real)?
         };
         if flags & libc::O_TRUNC != 0 {
             sys::io::ftruncate(fd.as_fd(), 0)?;

@@ -36,7 +36,21 @@ impl Plyfs {
             return self.attr_from(&f.node, &st);
         }
         let node = self.node(ino)?;
-        self.node_attr(&node)
+        match self.node_attr(&node) {
+            // The kernel sends fstat() without a handle: a file whose names
+            // are all gone answers from one of its open descriptors.
+            Err(e) if e.code() == libc::ENOENT => {
+                let f = self
+                    .handles
+                    .files_of(node.ino)
+                    .into_iter()
+                    .next()
+                    .ok_or(e)?;
+                let st = sys::fs::fstat(f.fd().as_fd())?;
+                self.attr_from(&node, &st)
+            }
+            other => other,
+        }
     }
 
     pub fn do_readlink(&self, ino: u64) -> Result<Vec<u8>> {
