@@ -176,7 +176,7 @@ impl Plyfs {
             let u = self.upper_layer()?;
             return Ok(u.root.clone());
         }
-        let (pfd, name) = self.upper_loc(node)?;
+        let (pfd, name) = self.upper_alias(node)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         if node.upper_fd.filled_once() {
             let st = sys::fs::fstat(fd.as_fd())?;
@@ -189,9 +189,83 @@ impl Plyfs {
         Ok(node.upper_fd.fill(fd, weak))
     }
 
-    /// Parent upper directory and name of a node that exists in the upper
-    /// layer: the first of its names whose parent is still known.
+    /// Parent upper directory and name of a node's upper object. Names of
+    /// non-directories are checked against the node's identity (a name may
+    /// have been unlinked or reused by another thread meanwhile); a
+    /// directory's single name is kept exact by rename and rmdir.
     pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name)> {
+        if node.is_dir() {
+            return self.upper_alias(node);
+        }
+        self.upper_named(node).map(|(pfd, name, _)| (pfd, name))
+    }
+
+    /// Like [`Plyfs::upper_loc`] for non-directories, with the object's
+    /// stat. ENOENT when no name of the node shows its upper object.
+    pub fn upper_named(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name, Stat)> {
+        let (want, aliases) = {
+            let s = node.state.read();
+            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+        };
+        for a in aliases {
+            let Some(parent) = self.table.get(a.parent) else {
+                continue;
+            };
+            let Ok(pfd) = self.upper_dir_fd(&parent) else {
+                continue;
+            };
+            let name = Name::new(&a.name)?;
+            match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+                Ok(st) if (st.dev, st.ino) == want => return Ok((pfd, name, st)),
+                Ok(_) => continue,
+                Err(e) if e.code() == libc::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::ENOENT)
+    }
+
+    /// The pinned descriptor of a node whose names are all gone.
+    pub fn pinned(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        node.pin.lock().clone()
+    }
+
+    /// Opens a node's upper regular file by one of its names, checking it is
+    /// the node's own file, or through its pinned descriptor.
+    pub fn open_upper(&self, node: &Node, flags: i32) -> Result<OwnedFd> {
+        let (want, aliases) = {
+            let s = node.state.read();
+            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+        };
+        for a in aliases {
+            let Some(parent) = self.table.get(a.parent) else {
+                continue;
+            };
+            let Ok(pfd) = self.upper_dir_fd(&parent) else {
+                continue;
+            };
+            let name = Name::new(&a.name)?;
+            // O_NONBLOCK: should the name now be a FIFO, do not hang on it.
+            match sys::fs::openat(pfd.as_fd(), name.as_cstr(), flags | libc::O_NONBLOCK, 0) {
+                Ok(fd) => {
+                    let st = sys::fs::fstat(fd.as_fd())?;
+                    if (st.dev, st.ino) == want {
+                        return Ok(fd);
+                    }
+                }
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENXIO | libc::ELOOP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.pinned(node) {
+            Some(pin) => sys::fs::reopen(pin.as_fd(), flags),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Parent upper directory and name of a node, unchecked: the first of
+    /// its names whose parent is still known.
+    fn upper_alias(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name)> {
         let aliases = node.state.read().aliases.clone();
         let mut last = Errno::ENOENT;
         for a in aliases {
@@ -292,8 +366,14 @@ impl Plyfs {
                 let fd = self.upper_dir_fd(node)?;
                 return sys::fs::fstat(fd.as_fd());
             }
-            let (pfd, name) = self.upper_loc(node)?;
-            return sys::fs::lstatat(pfd.as_fd(), name.as_cstr());
+            return match self.upper_named(node) {
+                Ok((_, _, st)) => Ok(st),
+                Err(e) if e.code() == libc::ENOENT => match self.pinned(node) {
+                    Some(pin) => sys::fs::fstat(pin.as_fd()),
+                    None => Err(e),
+                },
+                Err(e) => Err(e),
+            };
         }
         match top_lower {
             Some(l) => l.stat(),

@@ -390,7 +390,12 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         crate::stats::count(crate::stats::Op::opendir);
-        if self.fs.io.no_opendir.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .fs
+            .io
+            .no_opendir
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             // The kernel then opens directories itself, with cached listings.
             reply.error(Errno::ENOSYS);
             return;

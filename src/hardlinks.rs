@@ -21,16 +21,24 @@ use crate::names::Name;
 use crate::node::{Ident, Node};
 use crate::resolve::Lookup;
 use crate::sys::{self, Errno};
+use crate::table::Held;
 use crate::whiteout;
 
 /// Paths (as components from the layer root) of multiply-linked files,
 /// by identity.
 pub type LinkMap = HashMap<Ident, Vec<Vec<Box<[u8]>>>>;
 
-/// A name of a copied-up file's inode, to be linked next to it.
-pub struct Sibling {
-    pub parent: Arc<Node>,
+/// A name of a copied-up file's inode, to be linked next to it. Holds the
+/// directories on its path so they stay reachable until it is linked.
+pub struct Sibling<'a> {
+    path: Vec<Held<'a>>,
     pub name: Name,
+}
+
+impl Sibling<'_> {
+    fn parent(&self) -> Option<&Arc<Node>> {
+        self.path.last().map(|h| &**h)
+    }
 }
 
 impl Plyfs {
@@ -55,7 +63,7 @@ impl Plyfs {
         &self,
         lower: &Arc<LowerObj>,
         own: (&Arc<Node>, &Name),
-    ) -> Result<Vec<Sibling>> {
+    ) -> Result<Vec<Sibling<'_>>> {
         let map = self.link_map(lower.layer)?;
         let Some(paths) = map.get(&(lower.dev, lower.ino)) else {
             log::debug!("no other names for {lower:?} in a map of {}", map.len());
@@ -67,9 +75,13 @@ impl Plyfs {
             let Some((last, dirs)) = p.split_last() else {
                 continue;
             };
-            let Some(parent) = self.walk_merged(dirs)? else {
+            let Some(path) = self.walk_merged(dirs)? else {
                 continue;
             };
+            let parent = path
+                .last()
+                .map(|h| (**h).clone())
+                .unwrap_or(self.node(crate::ino::ROOT)?);
             let name = Name::new(last)?;
             if Arc::ptr_eq(&parent, own.0) && name.as_bytes() == own.1.as_bytes() {
                 continue;
@@ -84,24 +96,28 @@ impl Plyfs {
                 _ => continue,
             }
             self.copy_up(&parent)?;
-            out.push(Sibling { parent, name });
+            out.push(Sibling { path, name });
         }
         Ok(out)
     }
 
-    /// The directory node at a path of names from the root, if every
-    /// component is a visible directory.
-    fn walk_merged(&self, comps: &[Box<[u8]>]) -> Result<Option<Arc<Node>>> {
-        let mut cur = self.node(crate::ino::ROOT)?;
+    /// The directory nodes along a path of names from the root (held), if
+    /// every component is a visible directory.
+    fn walk_merged(&self, comps: &[Box<[u8]>]) -> Result<Option<Vec<Held<'_>>>> {
+        let mut path: Vec<Held<'_>> = Vec::new();
         for c in comps {
+            let cur = match path.last() {
+                Some(h) => (**h).clone(),
+                None => self.node(crate::ino::ROOT)?,
+            };
             let name = Name::new(c)?;
             match self.resolve(&cur, &name)? {
                 Lookup::Found(f) if f.is_dir() => {}
                 _ => return Ok(None),
             }
-            cur = self.node_at(&cur, &name)?;
+            path.push(self.node_at(&cur, &name)?);
         }
-        Ok(Some(cur))
+        Ok(Some(path))
     }
 
     /// Links the placed upper file `(pfd, name)` at each sibling's name.
@@ -109,11 +125,18 @@ impl Plyfs {
         &self,
         node: &Arc<Node>,
         src: (&std::os::fd::OwnedFd, &Name),
-        siblings: &[Sibling],
+        siblings: &[Sibling<'_>],
     ) {
         for s in siblings {
-            let res = self.upper_dir_fd(&s.parent).and_then(|dfd| {
-                let _g = s.parent.dir_lock.lock();
+            let parent = match s.parent() {
+                Some(p) => p.clone(),
+                None => match self.node(crate::ino::ROOT) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+            };
+            let res = self.upper_dir_fd(&parent).and_then(|dfd| {
+                let _g = parent.dir_lock.lock();
                 sys::fs::linkat(
                     src.0.as_fd(),
                     src.1.as_cstr(),
@@ -124,13 +147,35 @@ impl Plyfs {
             });
             match res {
                 Ok(dfd) => {
-                    self.mark_impure(&s.parent, &dfd);
-                    s.parent.touch_version();
-                    self.add_alias(node, s.parent.ino, &s.name);
+                    self.mark_impure(&parent, &dfd);
+                    parent.touch_version();
+                    self.add_alias(node, parent.ino, &s.name);
                 }
                 Err(e) => log::warn!("cannot link {:?} to its copied-up hard link: {e:?}", s.name),
             }
         }
+    }
+}
+
+impl Plyfs {
+    /// A name that still shows the lower object of a node already copied up
+    /// through another hard link (e.g. one the copy-up did not find because a
+    /// directory was renamed since): link it to the upper file now, so the
+    /// names stay one file on disk as well.
+    pub fn link_up(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &Name) -> Result<()> {
+        self.copy_up(parent)?;
+        let (spfd, sname) = self.upper_loc(node)?;
+        let pfd = self.upper_dir_fd(parent)?;
+        let _g = parent.dir_lock.lock();
+        match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+            Err(e) if e.code() == libc::ENOENT => {}
+            // Something is there now (or a whiteout): leave it.
+            _ => return Ok(()),
+        }
+        sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), pfd.as_fd(), name.as_cstr())?;
+        self.mark_impure(parent, &pfd);
+        parent.touch_version();
+        Ok(())
     }
 }
 

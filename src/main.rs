@@ -8,7 +8,9 @@ fn main() {
     let cli = match plyfs::cli::Cli::try_parse() {
         Ok(c) => c,
         // --help and --version print and succeed.
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
         Err(e) => {
             // One line, like every other input error, and exit code 1.
             let text = e.to_string();
@@ -18,7 +20,10 @@ fn main() {
                 .map(str::trim)
                 .collect();
             let msg = msg.join(" ");
-            eprintln!("plyfs: {} (see plyfs --help)", msg.trim_start_matches("error: "));
+            eprintln!(
+                "plyfs: {} (see plyfs --help)",
+                msg.trim_start_matches("error: ")
+            );
             std::process::exit(1);
         }
     };

@@ -69,7 +69,7 @@ pub struct Node {
     pub version: AtomicU64,
     /// The real object of a node whose last name was removed while the
     /// kernel still references it (see `Plyfs::pin_inode`).
-    pub pin: Mutex<Option<std::os::fd::OwnedFd>>,
+    pub pin: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
     /// Directories: the current merged listing, shared by open handles.
     pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
     /// How the open handles of a regular file do I/O (see `tuning`).

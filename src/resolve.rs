@@ -431,6 +431,11 @@ impl Plyfs {
         f: Found,
     ) -> Result<(Arc<Node>, FileAttr)> {
         let ino = self.number_of(&f)?;
+        let origin = if f.upper.is_some() {
+            self.number_ident(&f).ok()
+        } else {
+            None
+        };
         let alias = Alias {
             parent: parent.ino,
             name: name.as_bytes().into(),
@@ -460,7 +465,12 @@ impl Plyfs {
                                 == f.lowers.first().map(|l| (l.dev, l.ino));
                         sibling
                     }
-                    (None, Some(_)) => false,
+                    // The upper copy of this very node, found before the
+                    // copy-up that made it recorded it (or after a remount
+                    // by another mount): its origin is the node's lower object.
+                    (None, Some(_)) => {
+                        origin.is_some() && s.lowers.first().map(|l| (l.dev, l.ino)) == origin
+                    }
                 }
             },
             || {
@@ -482,7 +492,16 @@ impl Plyfs {
             },
         );
         node.add_alias(alias);
+        if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
+            // Copied up by a thread that has not recorded it yet.
+            node.state.write().upper = f.upper;
+        }
         let attr = if sibling {
+            if !self.read_only()
+                && let Err(e) = self.link_up(&node, parent, name)
+            {
+                log::debug!("cannot link {name:?} up to its copied-up hard link: {e:?}");
+            }
             self.node_attr(&node)?
         } else {
             self.attr_from(&node, &f.stat)?

@@ -18,6 +18,34 @@ struct Slot {
     lookups: u64,
 }
 
+/// A node held in the table by plyfs itself (like a kernel reference), so
+/// that internal work such as copying a tree up can reach it and its
+/// ancestors by node id. Released when dropped.
+pub struct Held<'a> {
+    table: &'a Table,
+    node: Arc<Node>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.table.forget(self.node.ino, 1);
+    }
+}
+
+impl<'a> Held<'a> {
+    /// Wraps a node on which one table reference was just taken.
+    pub fn new(table: &'a Table, node: Arc<Node>) -> Held<'a> {
+        Held { table, node }
+    }
+}
+
 #[derive(Default)]
 pub struct Table {
     map: DashMap<u64, Slot>,

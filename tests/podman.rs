@@ -1187,7 +1187,6 @@ rmdir /tmp/none 2>/dev/null; echo rmdir=$?
 /// Appending to a file of the image whose other hard link lives in a
 /// directory two levels deep that nothing has looked up yet.
 #[test]
-#[ignore = "plyfs bug: copy-up of a hard-linked lower file fails with ENOENT when another name is in a not yet looked-up dir two or more levels deep"]
 fn podman_write_hard_link_with_deep_sibling() {
     if !require_podman("podman_write_hard_link_with_deep_sibling") {
         return;
@@ -1207,7 +1206,6 @@ checks_done"
 
 /// The same bug on a plain mount.
 #[test]
-#[ignore = "plyfs bug: copy-up of a hard-linked lower file fails with ENOENT when another name is in a not yet looked-up dir two or more levels deep"]
 fn hard_link_copy_up_with_unvisited_deep_sibling() {
     if !require_root("hard_link_copy_up_with_unvisited_deep_sibling") {
         return;
@@ -1232,7 +1230,6 @@ fn hard_link_copy_up_with_unvisited_deep_sibling() {
 /// Rootless podman (user.overlay.* markers, so redirect_dir=copy): `mv` of
 /// an image directory that has a subdirectory.
 #[test]
-#[ignore = "plyfs bug: with userxattr (every rootless mount) rename of a lower dir that has subdirs fails with ENOENT and leaves a partial copy-up"]
 fn rootless_podman_rename_lower_dir() {
     if !require_podman("rootless_podman_rename_lower_dir") {
         return;
@@ -1253,7 +1250,6 @@ fn rootless_podman_rename_lower_dir() {
 
 /// The same bug on a plain mount with `userxattr`.
 #[test]
-#[ignore = "plyfs bug: with userxattr (every rootless mount) rename of a lower dir that has subdirs fails with ENOENT and leaves a partial copy-up"]
 fn userxattr_rename_dir_with_subdir() {
     if !require_root("userxattr_rename_dir_with_subdir") {
         return;
@@ -1280,7 +1276,6 @@ fn userxattr_rename_dir_with_subdir() {
 /// them, is an everyday Containerfile pattern (e.g. `mv` of a tree with
 /// hard-linked binaries such as git-core).
 #[test]
-#[ignore = "plyfs bug: after renaming a lower dir (redirect), copy-up of a hard-linked file in it makes readdir and lookup of its other name fail with ENOENT"]
 fn podman_rename_dir_then_write_hard_link() {
     if !require_podman("podman_rename_dir_then_write_hard_link") {
         return;
@@ -1301,7 +1296,6 @@ checks_done"
 
 /// The same bug on a plain mount: the minimal reproduction.
 #[test]
-#[ignore = "plyfs bug: after renaming a lower dir (redirect), copy-up of a hard-linked file in it makes readdir and lookup of its other name fail with ENOENT"]
 fn redirected_dir_hard_link_copy_up() {
     if !require_root("redirected_dir_hard_link_copy_up") {
         return;

@@ -184,8 +184,12 @@ impl Plyfs {
                 if st.is_reg()
                     && st.size == 0
                     && parent.state.read().xattr_whiteouts
-                    && crate::whiteout::file_markers(pfd.as_fd(), name.as_cstr(), self.upper_prefixes())?
-                        .xattr_whiteout =>
+                    && crate::whiteout::file_markers(
+                        pfd.as_fd(),
+                        name.as_cstr(),
+                        self.upper_prefixes(),
+                    )?
+                    .xattr_whiteout =>
             {
                 Ok(UpperSlot::Whiteout)
             }

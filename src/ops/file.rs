@@ -47,7 +47,6 @@ impl Plyfs {
     /// first when `flags` write.
     pub fn open_node_fd(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
         if node.kind != libc::S_IFREG {
-            log::warn!("open of non-regular {node:?} state {:?}", node.state.read());
             return Err(if node.is_dir() {
                 Errno::EISDIR
             } else {
@@ -61,8 +60,7 @@ impl Plyfs {
         }
         let real = self.real_open_flags(flags);
         let fd = if node.has_upper() {
-            let (pfd, name) = self.upper_loc(node)?;
-            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+            self.open_upper(node, real)?
         } else {
             let lower = node
                 .state
@@ -109,13 +107,7 @@ impl Plyfs {
         if f.is_on_upper() || !f.node.has_upper() {
             return Ok(());
         }
-        let (pfd, name) = self.upper_loc(&f.node)?;
-        let fd = sys::fs::openat(
-            pfd.as_fd(),
-            name.as_cstr(),
-            self.real_open_flags(f.flags),
-            0,
-        )?;
+        let fd = self.open_upper(&f.node, self.real_open_flags(f.flags))?;
         f.switch_to_upper(fd);
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::options::RedirectMode;
 use crate::ovl_xattr;
 use crate::resolve::{Found, Lookup};
 use crate::sys::{self, Errno};
+use crate::table::Held;
 
 const NOREPLACE: u32 = sys::fs::RENAME_NOREPLACE;
 const EXCHANGE: u32 = sys::fs::RENAME_EXCHANGE;
@@ -193,22 +194,13 @@ impl Plyfs {
         Ok(())
     }
 
-    /// The node the kernel knows at `name` in `parent`; one that is not in
-    /// the table (never looked up) is made for the duration of the call.
-    pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Arc<Node>> {
+    /// The node at `name` in `parent`, held in the table for as long as the
+    /// caller keeps the guard (the kernel may not hold it, or may forget it
+    /// while plyfs works on it).
+    pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Held<'_>> {
         let f = self.resolve_found(parent, name)?;
-        let ino = self.number_of(&f)?;
-        if let Some(n) = self.table.get(ino) {
-            n.add_alias(Alias {
-                parent: parent.ino,
-                name: name.as_bytes().into(),
-            });
-            return Ok(n);
-        }
         let (node, _) = self.remember(parent, name, f)?;
-        // Not a kernel reference: give it back at once.
-        self.table.forget(node.ino, 1);
-        Ok(node)
+        Ok(Held::new(&self.table, node))
     }
 
     /// Copies a rename operand up. A directory with lower content is
