@@ -84,6 +84,8 @@ pub struct Plyfs {
     pub link_maps: dashmap::DashMap<usize, Arc<crate::hardlinks::LinkMap>>,
     /// I/O modes negotiated with the kernel.
     pub io: crate::tuning::IoModes,
+    /// Whether readdirplus entries carry attributes (see `rdplus`).
+    pub plus: crate::rdplus::PlusPolicy,
 }
 
 impl Plyfs {
@@ -108,6 +110,7 @@ impl Plyfs {
             handles: Handles::new(),
             link_maps: dashmap::DashMap::new(),
             io: Default::default(),
+            plus: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);

@@ -19,6 +19,7 @@ use crate::fs::Plyfs;
 use crate::names;
 use crate::ops::Caller;
 use crate::ops::create::NewObject;
+use crate::ops::dir::PlusEntry;
 use crate::ops::setattr::SetAttr;
 use crate::sys::fs::TimeSpec;
 
@@ -355,7 +356,9 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         crate::stats::count(crate::stats::Op::flush);
-        reply.ok();
+        // Nothing to do on close(2): ENOSYS makes the kernel stop sending
+        // FLUSH (it still writes dirty pages back before that check).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -439,18 +442,33 @@ impl Filesystem for FuseFs {
     ) {
         crate::stats::count(crate::stats::Op::readdirplus);
         let ttl = self.ttl();
-        let res = self
-            .fs
-            .do_readdirplus(ino.0, fh.0, offset, |item, attr, generation| {
-                !reply.add(
+        let res = self.fs.do_readdirplus(ino.0, fh.0, offset, |item, entry| {
+            let name = OsStr::from_bytes(&item.name);
+            match entry {
+                PlusEntry::Full(attr, generation) => !reply.add(
                     INodeNo(item.ino),
                     item.next,
-                    OsStr::from_bytes(&item.name),
+                    name,
                     &ttl,
                     attr,
                     Generation(generation),
-                )
-            });
+                ),
+                // Node id 0: a plain entry; its d_ino is item.ino (see
+                // vendor/fuser/PATCHES.md) and its type comes from the mode.
+                PlusEntry::NamesOnly => {
+                    let mut attr = negative_attr();
+                    attr.kind = file_type(item.kind);
+                    !reply.add(
+                        INodeNo(item.ino),
+                        item.next,
+                        name,
+                        &Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                    )
+                }
+            }
+        });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

@@ -28,6 +28,7 @@ pub mod options;
 pub mod origin;
 pub mod override_stat;
 pub mod ovl_xattr;
+pub mod rdplus;
 pub mod resolve;
 pub mod setup;
 pub mod stats;

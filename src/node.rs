@@ -72,6 +72,8 @@ pub struct Node {
     pub pin: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
     /// Directories: the current merged listing, shared by open handles.
     pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
+    /// Directories: the current listing gave names-only entries.
+    pub lazy_listed: std::sync::atomic::AtomicBool,
     /// How the open handles of a regular file do I/O (see `tuning`).
     pub io: Mutex<crate::tuning::NodeIo>,
 }
@@ -103,6 +105,7 @@ impl Node {
             version: AtomicU64::new(0),
             pin: Mutex::new(None),
             listing: Mutex::new(None),
+            lazy_listed: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(Default::default()),
         }
     }

@@ -22,6 +22,13 @@ pub struct DirItem {
     pub name: Box<[u8]>,
 }
 
+/// What readdirplus hands over for one entry: the node and its attributes,
+/// or for a names-only entry just the name, type and d_ino (no reference).
+pub enum PlusEntry<'a> {
+    Full(&'a FileAttr, u64),
+    NamesOnly,
+}
+
 impl Plyfs {
     pub fn do_opendir(&self, ino: u64) -> Result<u64> {
         let node = self.node(ino)?;
@@ -139,7 +146,7 @@ impl Plyfs {
         ino: u64,
         fh: u64,
         offset: u64,
-        mut add: impl FnMut(&DirItem, &FileAttr, u64) -> bool,
+        mut add: impl FnMut(&DirItem, PlusEntry<'_>) -> bool,
     ) -> Result<()> {
         let (dir, l) = self.listing_for(ino, fh, offset)?;
         for (off, name) in [
@@ -162,11 +169,31 @@ impl Plyfs {
                 kind: libc::S_IFDIR,
                 name: name.into(),
             };
-            if !add(&item, &attr, node.generation) {
+            if !add(&item, PlusEntry::Full(&attr, node.generation)) {
                 return Ok(());
             }
         }
+        // Decided once per listing: names-only entries for non-directories?
+        let names_only = if offset <= DOTDOT_OFFSET {
+            let n = self.plus.start_listing();
+            dir.lazy_listed.store(n, Ordering::Relaxed);
+            n
+        } else {
+            dir.lazy_listed.load(Ordering::Relaxed)
+        };
         for e in &l.entries[l.first_after(offset)..] {
+            if names_only && e.kind != libc::S_IFDIR {
+                let item = DirItem {
+                    ino: e.ino,
+                    next: e.cookie,
+                    kind: e.kind,
+                    name: e.name.clone(),
+                };
+                if !add(&item, PlusEntry::NamesOnly) {
+                    break;
+                }
+                continue;
+            }
             let found = match self.entry_found(&dir, e, &l.stack) {
                 Ok(f) => f,
                 // Removed since the listing was made.
@@ -181,7 +208,7 @@ impl Plyfs {
                 kind: node.kind,
                 name: e.name.clone(),
             };
-            if !add(&item, &attr, node.generation) {
+            if !add(&item, PlusEntry::Full(&attr, node.generation)) {
                 self.table.forget(node.ino, 1);
                 break;
             }

@@ -18,7 +18,17 @@ impl Plyfs {
     pub fn do_lookup(&self, parent: u64, name: &Name) -> Result<Option<(Arc<Node>, FileAttr)>> {
         let parent = self.node(parent)?;
         match self.resolve(&parent, name)? {
-            Lookup::Found(f) => Ok(Some(self.remember(&parent, name, f)?)),
+            Lookup::Found(f) => {
+                if !f.is_dir()
+                    && parent
+                        .lazy_listed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    // A walk stats the entries of a names-only listing.
+                    self.plus.hit();
+                }
+                Ok(Some(self.remember(&parent, name, f)?))
+            }
             Lookup::Missing { .. } => Ok(None),
         }
     }
