@@ -72,6 +72,9 @@ pub struct Node {
     pub pin: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
     /// Directories: the current merged listing, shared by open handles.
     pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
+    /// Attributes the kernel keeps asking for (see `xattr_probe_bit`) known
+    /// to be absent; cleared by any xattr change through plyfs.
+    pub xattr_absent: std::sync::atomic::AtomicU8,
     /// Directories: the current listing gave names-only entries.
     pub lazy_listed: std::sync::atomic::AtomicBool,
     /// How the open handles of a regular file do I/O (see `tuning`).
@@ -105,6 +108,7 @@ impl Node {
             version: AtomicU64::new(0),
             pin: Mutex::new(None),
             listing: Mutex::new(None),
+            xattr_absent: std::sync::atomic::AtomicU8::new(0),
             lazy_listed: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(Default::default()),
         }

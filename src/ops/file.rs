@@ -115,10 +115,7 @@ impl Plyfs {
     pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.handle(fh)?;
         self.refresh_handle(&f)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::io::pread_full(f.fd().as_fd(), &mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
+        sys::io::pread_vec(f.fd().as_fd(), size as usize, offset)
     }
 
     pub fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {

@@ -14,8 +14,6 @@ use crate::names::Name;
 use crate::node::{Node, NodeState};
 use crate::resolve::Found;
 use crate::sys::{self, Errno};
-use crate::whiteout;
-use crate::workdir::remove_tree;
 
 impl Plyfs {
     pub fn do_unlink(&self, parent: u64, name: &Name) -> Result<()> {
@@ -55,10 +53,10 @@ impl Plyfs {
                 let work = self.work()?;
                 let tmp = work.temp_name()?;
                 sys::fs::renameat2(pfd.as_fd(), name.as_cstr(), work.fd(), tmp.as_cstr(), 0)?;
-                work.discard(&tmp);
+                work.discard_later(&tmp);
             }
             (true, false) => sys::fs::unlinkat(pfd.as_fd(), name.as_cstr(), false)?,
-            (false, _) => whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?,
+            (false, _) => self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?,
         }
         parent.touch_version();
         if let Some(v) = victim {
@@ -97,7 +95,7 @@ impl Plyfs {
             Ok(()) => {}
             Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
                 // No RENAME_WHITEOUT here: stage a whiteout and exchange.
-                whiteout::make_whiteout(work.fd(), tmp.as_cstr())?;
+                work.make_whiteout(work.fd(), tmp.as_cstr())?;
                 if let Err(e) = sys::fs::renameat2(
                     work.fd(),
                     tmp.as_cstr(),
@@ -111,7 +109,7 @@ impl Plyfs {
             }
             Err(e) => return Err(e),
         }
-        remove_tree(work.fd(), tmp.as_cstr())?;
+        work.discard_later(&tmp);
         Ok(())
     }
 

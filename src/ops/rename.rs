@@ -165,7 +165,7 @@ impl Plyfs {
                         newname.as_cstr(),
                         0,
                     )?;
-                    crate::whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?;
+                    self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?;
                 }
                 Err(e) => return Err(e),
             }

@@ -4,12 +4,25 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::Node;
 use crate::ovl_xattr::{self, Visible};
 use crate::sys::{self, Errno};
+
+/// Attributes the kernel reads on nearly every write, chown and permission
+/// check: `security.capability` (to drop it on write) and the POSIX ACLs.
+/// Their absence is remembered per node.
+fn xattr_probe_bit(name: &[u8]) -> u8 {
+    match name {
+        b"security.capability" => 1,
+        b"system.posix_acl_access" => 2,
+        b"system.posix_acl_default" => 4,
+        _ => 0,
+    }
+}
 
 /// How to reach a real object for xattr calls: (parent directory, name), or
 /// an open descriptor for layer roots, which have no parent.
@@ -89,8 +102,16 @@ impl Plyfs {
     pub fn do_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         self.check_acl(name)?;
         let node = self.node(ino)?;
+        let bit = xattr_probe_bit(name);
+        if bit != 0 && node.xattr_absent.load(Ordering::Relaxed) & bit != 0 {
+            return Err(Errno::ENODATA);
+        }
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
-        self.real_ref(&node)?.get(&attr)
+        let res = self.real_ref(&node)?.get(&attr);
+        if bit != 0 && matches!(&res, Err(e) if e.code() == libc::ENODATA) {
+            node.xattr_absent.fetch_or(bit, Ordering::Relaxed);
+        }
+        res
     }
 
     /// The NUL-separated list of visible attribute names.
@@ -117,6 +138,7 @@ impl Plyfs {
         let node = self.node(ino)?;
         self.upper_layer()?;
         self.copy_up(&node)?;
+        node.xattr_absent.store(0, Ordering::Relaxed);
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
         self.real_ref(&node)?.set(&attr, value, flags)
     }
@@ -131,6 +153,7 @@ impl Plyfs {
             self.real_ref(&node)?.get(&attr)?;
         }
         self.copy_up(&node)?;
+        node.xattr_absent.store(0, Ordering::Relaxed);
         self.real_ref(&node)?.remove(&attr)
     }
 }
