@@ -111,6 +111,12 @@ impl FuseFs {
 }
 
 impl Filesystem for FuseFs {
+    fn destroy(&mut self) {
+        if let Some(u) = &self.fs.upper {
+            u.work.finish();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         crate::tuning::configure(&self.fs, config);
         Ok(())

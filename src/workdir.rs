@@ -32,6 +32,7 @@ pub struct WorkDir {
     /// Background remover of staged trees (started on first use, after the
     /// daemon forked).
     reaper: OnceLock<Mutex<std::sync::mpsc::Sender<Vec<u8>>>>,
+    reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl WorkDir {
@@ -51,6 +52,7 @@ impl WorkDir {
             tag: sys::process::getpid() as u32,
             whiteout_gen: AtomicU64::new(0),
             reaper: OnceLock::new(),
+            reaper_thread: Mutex::new(None),
         })
     }
 
@@ -115,13 +117,33 @@ impl WorkDir {
                         }
                     }
                 });
-            if spawned.is_err() {
-                log::warn!("no background remover: removing staged trees inline");
+            match spawned {
+                Ok(h) => *self.reaper_thread.lock() = Some(h),
+                Err(_) => log::warn!("no background remover: removing staged trees inline"),
             }
             Mutex::new(tx)
         });
         if tx.lock().send(name.as_bytes().to_vec()).is_err() {
             self.discard(name);
+        }
+    }
+
+    /// At unmount: waits for background removals and drops the shared
+    /// whiteout, so a clean unmount leaves the work directory empty.
+    pub fn finish(&self) {
+        if let Some(tx) = self.reaper.get() {
+            // Closing the channel ends the reaper once its queue is empty.
+            let (done_tx, _) = std::sync::mpsc::channel();
+            let old = std::mem::replace(&mut *tx.lock(), done_tx);
+            drop(old);
+        }
+        if let Some(handle) = self.reaper_thread.lock().take() {
+            let _ = handle.join();
+        }
+        for g in 0..=self.whiteout_gen.load(Ordering::Relaxed) {
+            if let Ok(n) = Name::new(format!("#plyfs.whiteout.{:x}.{g}", self.tag).as_bytes()) {
+                let _ = sys::fs::unlinkat(self.fd(), n.as_cstr(), false);
+            }
         }
     }
 

@@ -252,13 +252,31 @@ pub fn absent(p: &Path) -> bool {
 
 /// Non-directory entries (and non-empty dirs' contents) left anywhere below
 /// `dir`: staging leftovers in a workdir. Empty directories are fine.
+/// Files left in the work dir, ignoring the shared whiteout plyfs keeps
+/// there (as the kernel does) and waiting up to 2 s for staged trees that
+/// plyfs removes in the background.
 pub fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let found = leftovers_now(dir);
+        if found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn leftovers_now(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
         let p = e.path();
+        let shared_whiteout = e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("#plyfs.whiteout.");
         if e.file_type().expect("type").is_dir() {
-            out.extend(leftovers(&p));
-        } else {
+            out.extend(leftovers_now(&p));
+        } else if !shared_whiteout {
             out.push(p);
         }
     }
