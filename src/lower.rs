@@ -36,6 +36,10 @@ pub struct LowerObj {
     pub kind: u32,
     fd: FdSlot,
     dir_info: OnceLock<LowerDirInfo>,
+    /// Directories: names hidden by OCI `.wh.NAME` markers in this
+    /// directory, read once on the first lookup that misses here (`None`:
+    /// there are none, the common case).
+    oci_whiteouts: OnceLock<Option<Box<std::collections::HashSet<Box<[u8]>>>>>,
     /// For layer roots, the path the user gave (for messages).
     pub root_path: Option<std::path::PathBuf>,
 }
@@ -71,6 +75,7 @@ impl LowerObj {
             kind: st.file_type(),
             fd: FdSlot::pinned(Arc::new(fd)),
             dir_info: OnceLock::new(),
+            oci_whiteouts: OnceLock::new(),
             root_path: Some(path),
         })
     }
@@ -86,6 +91,7 @@ impl LowerObj {
             kind,
             fd: FdSlot::empty(),
             dir_info: OnceLock::new(),
+            oci_whiteouts: OnceLock::new(),
             root_path: None,
         }
     }
@@ -133,6 +139,34 @@ impl LowerObj {
         }
         let (pfd, name) = self.locate()?;
         sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
+    }
+
+    /// Whether this directory holds an OCI whiteout (`.wh.NAME`) for `name`.
+    /// The directory is read once to learn its markers, which replaces one
+    /// `lstat` per name missing here.
+    pub fn has_oci_whiteout(self: &Arc<Self>, name: &[u8]) -> Result<bool, Errno> {
+        if let Some(set) = self.oci_whiteouts.get() {
+            return Ok(set.as_ref().is_some_and(|s| s.contains(name)));
+        }
+        let fd = self.dir_fd()?;
+        let dir = sys::fs::openat(
+            fd.as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+            0,
+        )
+        .or_else(|_| sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0))?;
+        let mut set = std::collections::HashSet::new();
+        sys::dirent::read_dir(dir.as_fd(), |e| {
+            if let whiteout::OciName::Whiteout(target) = whiteout::oci_name(&e.name) {
+                set.insert(Box::<[u8]>::from(target));
+            }
+        })?;
+        let found = set.contains(name);
+        let _ = self
+            .oci_whiteouts
+            .set((!set.is_empty()).then(|| Box::new(set)));
+        Ok(found)
     }
 
     /// Opaque and xattr-whiteout markers of this directory (cached).

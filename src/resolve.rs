@@ -291,13 +291,9 @@ impl Plyfs {
             let st = match sys::fs::lstatat(pfd.as_fd(), last.as_cstr()) {
                 Ok(st) => st,
                 Err(e) if e.code() == libc::ENOENT => {
-                    if let Some(wh) = whiteout::oci_whiteout_name(last.as_bytes()) {
-                        let wh = Name::new(&wh)?;
-                        match sys::fs::lstatat(pfd.as_fd(), wh.as_cstr()) {
-                            Ok(_) => break,
-                            Err(e) if e.code() == libc::ENOENT => {}
-                            Err(e) => return Err(e),
-                        }
+                    // A `.wh.NAME` only matters if layers remain below.
+                    if i < positions.len() && pobj.has_oci_whiteout(last.as_bytes())? {
+                        break;
                     }
                     continue;
                 }

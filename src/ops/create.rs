@@ -223,17 +223,12 @@ impl Plyfs {
     /// a whiteout or an opaque directory.
     pub fn lower_presence(&self, parent: &Arc<Node>, name: &Name) -> Result<bool> {
         let stack = self.dir_stack(parent)?;
-        let oci = crate::whiteout::oci_whiteout_name(name.as_bytes())
-            .map(|n| Name::new(&n))
-            .transpose()?;
-        for lo in stack.iter() {
+        for (i, lo) in stack.iter().enumerate() {
             let lfd = lo.dir_fd()?;
             match sys::fs::lstatat(lfd.as_fd(), name.as_cstr()) {
                 Ok(st) => return Ok(!crate::whiteout::is_char_whiteout(&st)),
                 Err(e) if e.code() == libc::ENOENT => {
-                    if let Some(wh) = &oci
-                        && sys::fs::lstatat(lfd.as_fd(), wh.as_cstr()).is_ok()
-                    {
+                    if i + 1 < stack.len() && lo.has_oci_whiteout(name.as_bytes())? {
                         return Ok(false);
                     }
                 }
