@@ -25,6 +25,9 @@ pub struct LowerDirInfo {
     pub redirect: Option<Box<[u8]>>,
 }
 
+/// A set of entry names.
+type NameSet = std::collections::HashSet<Box<[u8]>>;
+
 pub struct LowerObj {
     /// Index into the mount's lower layers (0 = top lower).
     pub layer: usize,
@@ -39,7 +42,7 @@ pub struct LowerObj {
     /// Directories: names hidden by OCI `.wh.NAME` markers in this
     /// directory, read once on the first lookup that misses here (`None`:
     /// there are none, the common case).
-    oci_whiteouts: OnceLock<Option<Box<std::collections::HashSet<Box<[u8]>>>>>,
+    oci_whiteouts: OnceLock<Option<Box<NameSet>>>,
     /// For layer roots, the path the user gave (for messages).
     pub root_path: Option<std::path::PathBuf>,
 }
