@@ -94,7 +94,40 @@ pub enum Lookup {
 }
 
 impl Found {
-    fn upper_only(st: Stat) -> Found {
+    /// An object found only in the lower layers: a non-directory or the top
+    /// of a directory stack.
+    fn lower(st: Stat, lowers: Vec<Arc<LowerObj>>) -> Found {
+        Found {
+            kind: st.file_type(),
+            stat: st,
+            upper: None,
+            lowers,
+            stack_checked: true,
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+            redirect: None,
+        }
+    }
+
+    /// The state of a node standing for this object, known as `alias`.
+    pub fn node_state(&self, alias: Alias) -> NodeState {
+        NodeState {
+            aliases: vec![alias],
+            upper: self.upper,
+            lowers: self.lowers.clone().into(),
+            stack_checked: self.stack_checked,
+            opaque: self.opaque,
+            impure: self.impure,
+            xattr_whiteouts: self.xattr_whiteouts,
+            redirect: self.redirect.clone(),
+            unlinked: false,
+        }
+    }
+
+    /// An object that exists only in the upper layer.
+    pub fn upper_only(st: Stat) -> Found {
         Found {
             kind: st.file_type(),
             stat: st,
@@ -216,36 +249,14 @@ impl Plyfs {
             _ => Target::Name(name.as_bytes().to_vec()),
         };
         match self.lower_lookup(&stack, target, top.is_some())? {
-            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found {
-                kind: st.file_type(),
-                stat: st,
-                upper: None,
-                lowers: vec![obj],
-                stack_checked: true,
-                opaque: false,
-                impure: false,
-                xattr_whiteouts: false,
-                origin: None,
-                redirect: None,
-            })),
+            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found::lower(st, vec![obj]))),
             LowerHit::Dirs(dirs, first) => match top {
                 Some(mut f) => {
                     f.lowers = dirs;
                     Ok(Lookup::Found(f))
                 }
                 None => match first {
-                    Some(st) => Ok(Lookup::Found(Found {
-                        kind: libc::S_IFDIR,
-                        stat: st,
-                        upper: None,
-                        lowers: dirs,
-                        stack_checked: true,
-                        opaque: false,
-                        impure: false,
-                        xattr_whiteouts: false,
-                        origin: None,
-                        redirect: None,
-                    })),
+                    Some(st) => Ok(Lookup::Found(Found::lower(st, dirs))),
                     None => Ok(Lookup::Missing { whiteout: false }),
                 },
             },
@@ -469,23 +480,7 @@ impl Plyfs {
                     }
                 }
             },
-            || {
-                Node::new(
-                    ino,
-                    f.kind,
-                    NodeState {
-                        aliases: vec![alias.clone()],
-                        upper: f.upper,
-                        lowers: f.lowers.clone().into(),
-                        stack_checked: f.stack_checked,
-                        opaque: f.opaque,
-                        impure: f.impure,
-                        xattr_whiteouts: f.xattr_whiteouts,
-                        redirect: f.redirect.clone(),
-                        unlinked: false,
-                    },
-                )
-            },
+            || Node::new(ino, f.kind, f.node_state(alias.clone())),
         );
         node.add_alias(alias);
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {

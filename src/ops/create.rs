@@ -101,7 +101,7 @@ impl Plyfs {
             self.create_direct(pfd.as_fd(), name, &what, uid, gid, &pst, &mut fd)?
         };
         parent.touch_version();
-        let mut found = Found::upper_only_stat(st);
+        let mut found = Found::upper_only(st);
         found.opaque = what.is_dir() && (whiteout || found.opaque);
         if let NewObject::Link { source } = &what {
             // The new name is another link to the source's upper inode.
@@ -378,23 +378,5 @@ impl Plyfs {
             return Err(e);
         }
         sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
-    }
-}
-
-impl Found {
-    /// A found object that exists only in the upper layer.
-    pub fn upper_only_stat(st: Stat) -> Found {
-        Found {
-            kind: st.file_type(),
-            stat: st,
-            upper: Some((st.dev, st.ino)),
-            lowers: Vec::new(),
-            stack_checked: true,
-            opaque: false,
-            impure: false,
-            xattr_whiteouts: false,
-            origin: None,
-            redirect: None,
-        }
     }
 }

@@ -62,13 +62,7 @@ impl Plyfs {
         let fd = if node.has_upper() {
             self.open_upper(node, real)?
         } else {
-            let lower = node
-                .state
-                .read()
-                .lowers
-                .first()
-                .cloned()
-                .ok_or(Errno::EIO)?;
+            let lower = node.top_lower()?;
             let (pfd, name) = lower.locate()?;
             open_noatime(pfd.as_fd(), &name, real)?
         };

@@ -75,13 +75,7 @@ impl Plyfs {
             let (pfd, name) = self.upper_loc(node)?;
             return Ok(RealRef::At(pfd, name));
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         if lower.parent.is_none() {
             return Ok(RealRef::Open(open_dir(lower.dir_fd()?.as_ref())?));
         }
