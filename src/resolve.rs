@@ -187,9 +187,9 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (p_upper, p_impure, p_xwo) = {
+        let (p_upper, p_xwo) = {
             let s = parent.state.read();
-            (s.upper.is_some(), s.impure, s.xattr_whiteouts)
+            (s.upper.is_some(), s.xattr_whiteouts)
         };
         let mut top: Option<Found> = None;
         if p_upper {
@@ -219,14 +219,15 @@ impl Plyfs {
                         }
                         top = Some(f);
                     } else {
-                        if p_impure {
-                            f.origin = whiteout::file_markers(
-                                pfd.as_fd(),
-                                name.as_cstr(),
-                                self.upper_prefixes(),
-                            )?
-                            .origin;
-                        }
+                        // Like the kernel, every upper non-directory's
+                        // origin is read: its st_ino must not depend on
+                        // which directory (impure or not) holds the name.
+                        f.origin = whiteout::file_markers(
+                            pfd.as_fd(),
+                            name.as_cstr(),
+                            self.upper_prefixes(),
+                        )?
+                        .origin;
                         return Ok(Lookup::Found(f));
                     }
                 }

@@ -64,6 +64,13 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if let NewObject::Special { mode, rdev: 0 } = what
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            // A 0/0 character device is a whiteout: like the kernel,
+            // overlay users may not create one.
+            return Err(Errno::EPERM);
+        }
         // Operands are copied up before the directory is locked.
         self.copy_up(&parent)?;
         if let NewObject::Link { source } = &what {
@@ -108,6 +115,11 @@ impl Plyfs {
             let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
             let attr = self.attr_from(&node, &st)?;
             self.add_alias(&node, parent.ino, name);
+            if !node.state.read().lowers.is_empty() {
+                // A copied-up file (st_ino from its origin) now has a name
+                // here: readdir must read origins in this directory.
+                self.mark_impure(&parent, &pfd);
+            }
             return Ok(Created { node, attr, fd });
         }
         let (node, attr) = self.remember(&parent, name, found)?;

@@ -59,6 +59,9 @@ impl Plyfs {
             (false, _) => self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?,
         }
         parent.touch_version();
+        if let (Some(u), true) = (f.upper, last_link) {
+            self.inos.unalias(u);
+        }
         if let Some(v) = victim {
             v.remove_alias(parent.ino, name.as_bytes());
             if last_link {

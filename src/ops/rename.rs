@@ -88,6 +88,16 @@ impl Plyfs {
             if let Some(d) = dnode {
                 self.move_alias(&d, &newparent, newname, &parent, name);
             }
+            // Entries whose st_ino comes from an origin moved to another
+            // directory: it is impure now (readdir must read their origin).
+            if !Arc::ptr_eq(&parent, &newparent) {
+                if self.has_origin(&sf) {
+                    self.mark_impure(&newparent, &npfd);
+                }
+                if self.has_origin(&df) {
+                    self.mark_impure(&parent, &pfd);
+                }
+            }
             self.after_rename(&parent, &newparent);
             return Ok(());
         }
@@ -179,6 +189,9 @@ impl Plyfs {
             )?;
         }
         if let Some(df) = replaced {
+            if let (Some(u), true) = (df.upper, df.is_dir() || df.stat.nlink <= 1) {
+                self.inos.unalias(u);
+            }
             if let Some(victim) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
                 victim.remove_alias(newparent.ino, newname.as_bytes());
                 if df.is_dir() || df.stat.nlink <= 1 || df.upper.is_none() {
@@ -187,7 +200,7 @@ impl Plyfs {
             }
         }
         self.move_alias(&src, &parent, name, &newparent, newname);
-        if !Arc::ptr_eq(&parent, &newparent) {
+        if !Arc::ptr_eq(&parent, &newparent) && self.has_origin(&sf) {
             self.mark_impure(&newparent, &npfd);
         }
         self.after_rename(&parent, &newparent);
@@ -267,6 +280,12 @@ impl Plyfs {
         self.set_opaque(pfd.as_fd(), name)?;
         dir.state.write().opaque = true;
         Ok(())
+    }
+
+    /// Whether a found object has an `overlay.origin` (its st_ino comes
+    /// from a lower object) or lower content.
+    fn has_origin(&self, f: &Found) -> bool {
+        f.origin.is_some() || f.has_lower()
     }
 
     pub fn set_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &Name) -> Result<()> {
