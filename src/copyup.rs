@@ -70,7 +70,7 @@ impl Plyfs {
         let lst = lower.stat()?;
         // Other names of a multiply-linked lower file get linked to the copy.
         let siblings = if !node.is_dir() && lst.nlink > 1 {
-            self.lower_siblings(&lower, (&parent, &name))?
+            self.lower_siblings(node, &lower, (&parent, &name))?
         } else {
             Vec::new()
         };

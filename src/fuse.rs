@@ -305,9 +305,9 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         crate::stats::count(crate::stats::Op::open);
-        match self.fs.do_open(ino.0, flags.0) {
+        match self.fs.do_open(ino.0, flags.0, req.uid()) {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
             Err(e) => reply.error(e),
         }

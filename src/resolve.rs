@@ -284,7 +284,8 @@ impl Plyfs {
         let mut dirs: Vec<Arc<LowerObj>> = Vec::new();
         let mut first: Option<Stat> = None;
         let mut i = 0;
-        while i < positions.len() {
+        let mut stop = false;
+        while i < positions.len() && !stop {
             let lo = positions[i].clone();
             i += 1;
             let (pobj, last) = match &target {
@@ -294,8 +295,12 @@ impl Plyfs {
                         break;
                     };
                     match self.walk_lower(&lo, dirs_path)? {
-                        Some(p) => (p, Name::new(last)?),
-                        None => continue,
+                        Walk::Dir(p, last_layer) => {
+                            stop = last_layer;
+                            (p, Name::new(last)?)
+                        }
+                        Walk::Missing => continue,
+                        Walk::Cut => break,
                     }
                 }
             };
@@ -368,21 +373,34 @@ impl Plyfs {
         Ok(LowerHit::Dirs(dirs, first))
     }
 
-    /// Walks directory names down from a lower layer's root; `None` when a
-    /// component is missing or not a directory in that layer.
-    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Option<Arc<LowerObj>>> {
+    /// Walks the directories of a redirect path down from a lower layer's
+    /// root, the way the kernel's `ovl_lookup_layer` does: a missing
+    /// component skips the layer, a whiteout or non-directory ends the
+    /// search, an opaque directory lets this layer answer but no layer below.
+    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
         let mut cur = root.clone();
+        let mut last_layer = false;
         for c in comps {
             let n = Name::new(c)?;
             let fd = cur.dir_fd()?;
-            match sys::fs::lstatat(fd.as_fd(), n.as_cstr()) {
-                Ok(st) if st.is_dir() => cur = Arc::new(LowerObj::from_stat(&cur, c, &st)),
-                Ok(_) => return Ok(None),
-                Err(e) if e.code() == libc::ENOENT => return Ok(None),
+            let st = match sys::fs::lstatat(fd.as_fd(), n.as_cstr()) {
+                Ok(st) => st,
+                Err(e) if e.code() == libc::ENOENT => {
+                    if last_layer || cur.has_oci_whiteout(c)? {
+                        return Ok(Walk::Cut);
+                    }
+                    return Ok(Walk::Missing);
+                }
                 Err(e) => return Err(e),
+            };
+            if !st.is_dir() {
+                // A whiteout or a non-directory: the path is cut off here.
+                return Ok(Walk::Cut);
             }
+            cur = Arc::new(LowerObj::from_stat(&cur, c, &st));
+            last_layer |= cur.dir_info()?.opaque;
         }
-        Ok(Some(cur))
+        Ok(Walk::Dir(cur, last_layer))
     }
 
     /// Resolves and requires a visible object.
@@ -500,4 +518,16 @@ impl Plyfs {
         };
         Ok((node, attr))
     }
+}
+
+/// Where walking a redirect path down one lower layer ended.
+enum Walk {
+    /// At the directory holding the last component; `true` when an opaque
+    /// directory on the way hides the layers below.
+    Dir(Arc<LowerObj>, bool),
+    /// A component is missing: the layers below may still have the path.
+    Missing,
+    /// A whiteout, non-directory or opaque directory cuts the path off for
+    /// all layers below.
+    Cut,
 }

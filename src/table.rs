@@ -159,6 +159,16 @@ impl Table {
         }
     }
 
+    /// Directory nodes, referenced (for scans that must not hold the map's
+    /// shard locks while they look inside nodes).
+    pub fn dirs(&self) -> Vec<Arc<Node>> {
+        self.map
+            .iter()
+            .filter(|s| s.node.is_dir())
+            .map(|s| s.node.clone())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -93,7 +93,7 @@ impl Plyfs {
                     && flags & libc::O_EXCL == 0
                 {
                     let f = self.resolve_found(&parent, name)?;
-                    return self.open_existing(&parent, name, f, flags);
+                    return self.open_existing(&parent, name, f, flags, caller.uid);
                 }
                 return Err(Errno::EEXIST);
             }
@@ -132,12 +132,13 @@ impl Plyfs {
         name: &Name,
         f: Found,
         flags: i32,
+        caller_uid: u32,
     ) -> Result<Created> {
         if f.is_dir() {
             return Err(Errno::EISDIR);
         }
         let (node, attr) = self.remember(parent, name, f)?;
-        let fd = match self.open_node_fd(&node, flags) {
+        let fd = match self.open_node_fd(&node, flags, caller_uid) {
             Ok(fd) => fd,
             Err(e) => {
                 self.table.forget(node.ino, 1);

@@ -40,6 +40,19 @@ impl Plyfs {
         self.upper_layer()?;
         let parent = self.node(parent)?;
         let newparent = self.node(newparent)?;
+        // Refuse what cannot succeed before copying anything up, like the
+        // kernel: an immovable directory, a non-empty target directory.
+        self.check_movable(&parent, name)?;
+        if flags & EXCHANGE != 0 {
+            self.check_movable(&newparent, newname)?;
+        } else if let Lookup::Found(df) = self.resolve(&newparent, newname)?
+            && df.is_dir()
+            && flags & NOREPLACE == 0
+            && self.resolve_found(&parent, name)?.is_dir()
+            && !self.is_empty_dir(&newparent, newname, &df)?
+        {
+            return Err(Errno::ENOTEMPTY);
+        }
         // Copy operands up before any directory is locked.
         self.copy_up(&parent)?;
         self.copy_up(&newparent)?;
@@ -232,6 +245,22 @@ impl Plyfs {
             RedirectMode::Copy => self.copy_up_tree(node),
             RedirectMode::Follow | RedirectMode::NoFollow => Err(Errno::EXDEV),
         }
+    }
+
+    /// EXDEV for a directory with lower content when directories may not
+    /// be redirected.
+    fn check_movable(&self, parent: &Arc<Node>, name: &Name) -> Result<()> {
+        if !matches!(
+            self.cfg.redirect,
+            RedirectMode::Follow | RedirectMode::NoFollow
+        ) {
+            return Ok(());
+        }
+        let node = self.node_at(parent, name)?;
+        if node.is_dir() && !self.dir_stack(&node)?.is_empty() {
+            return Err(Errno::EXDEV);
+        }
+        Ok(())
     }
 
     /// Records where a directory's lower content lives before it moves: its
