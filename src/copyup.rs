@@ -66,17 +66,11 @@ impl Plyfs {
         self.upper_layer()?;
         let (parent, name) = self.parent_of(node)?;
         self.copy_up(&parent)?;
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         let lst = lower.stat()?;
         // Other names of a multiply-linked lower file get linked to the copy.
         let siblings = if !node.is_dir() && lst.nlink > 1 {
-            self.lower_siblings(&lower, (&parent, &name))?
+            self.lower_siblings(node, &lower, (&parent, &name))?
         } else {
             Vec::new()
         };

@@ -17,13 +17,16 @@ use crate::idmap::IdMap;
 use crate::ino::{self, InoMap};
 use crate::lower::LowerObj;
 use crate::names::Name;
-use crate::node::{Alias, Node, NodeState};
+use crate::node::{Alias, Ident, Node, NodeState};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Table;
 use crate::workdir::WorkDir;
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// A directory entry position: (directory descriptor, name in it).
+pub type Place = (Arc<OwnedFd>, Name);
 
 /// Behaviour fixed at mount time.
 #[derive(Clone, Debug)]
@@ -206,18 +209,8 @@ impl Plyfs {
     /// Like [`Plyfs::upper_loc`] for non-directories, with the object's
     /// stat. ENOENT when no name of the node shows its upper object.
     pub fn upper_named(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name, Stat)> {
-        let (want, aliases) = {
-            let s = node.state.read();
-            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
-        };
-        for a in aliases {
-            let Some(parent) = self.table.get(a.parent) else {
-                continue;
-            };
-            let Ok(pfd) = self.upper_dir_fd(&parent) else {
-                continue;
-            };
-            let name = Name::new(&a.name)?;
+        let (want, places) = self.upper_places(node)?;
+        for (pfd, name) in places {
             match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
                 Ok(st) if (st.dev, st.ino) == want => return Ok((pfd, name, st)),
                 Ok(_) => continue,
@@ -228,6 +221,26 @@ impl Plyfs {
         Err(Errno::ENOENT)
     }
 
+    /// The node's upper identity and the (upper parent, name) places where
+    /// its names say it is, unchecked.
+    fn upper_places(&self, node: &Node) -> Result<(Ident, Vec<Place>)> {
+        let (want, aliases) = {
+            let s = node.state.read();
+            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+        };
+        let mut places = Vec::with_capacity(aliases.len());
+        for a in aliases {
+            let Some(parent) = self.table.get(a.parent) else {
+                continue;
+            };
+            let Ok(pfd) = self.upper_dir_fd(&parent) else {
+                continue;
+            };
+            places.push((pfd, Name::new(&a.name)?));
+        }
+        Ok((want, places))
+    }
+
     /// The pinned descriptor of a node whose names are all gone.
     pub fn pinned(&self, node: &Node) -> Option<Arc<OwnedFd>> {
         node.pin.lock().clone()
@@ -236,18 +249,8 @@ impl Plyfs {
     /// Opens a node's upper regular file by one of its names, checking it is
     /// the node's own file, or through its pinned descriptor.
     pub fn open_upper(&self, node: &Node, flags: i32) -> Result<OwnedFd> {
-        let (want, aliases) = {
-            let s = node.state.read();
-            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
-        };
-        for a in aliases {
-            let Some(parent) = self.table.get(a.parent) else {
-                continue;
-            };
-            let Ok(pfd) = self.upper_dir_fd(&parent) else {
-                continue;
-            };
-            let name = Name::new(&a.name)?;
+        let (want, places) = self.upper_places(node)?;
+        for (pfd, name) in places {
             // O_NONBLOCK: should the name now be a FIFO, do not hang on it.
             match sys::fs::openat(pfd.as_fd(), name.as_cstr(), flags | libc::O_NONBLOCK, 0) {
                 Ok(fd) => {

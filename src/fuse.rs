@@ -232,18 +232,18 @@ impl Filesystem for FuseFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         crate::stats::count(crate::stats::Op::unlink);
-        match names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         crate::stats::count(crate::stats::Op::rmdir);
-        match names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)),
+        );
     }
 
     fn symlink(
@@ -281,10 +281,7 @@ impl Filesystem for FuseFs {
             self.fs
                 .do_rename(parent.0, &a, newparent.0, &b, flags.bits())
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, res);
     }
 
     fn link(
@@ -308,9 +305,9 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         crate::stats::count(crate::stats::Op::open);
-        match self.fs.do_open(ino.0, flags.0) {
+        match self.fs.do_open(ino.0, flags.0, req.uid()) {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
             Err(e) => reply.error(e),
         }
@@ -391,10 +388,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         crate::stats::count(crate::stats::Op::fsync);
-        match self.fs.do_fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.fs.do_fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -503,10 +497,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         crate::stats::count(crate::stats::Op::fsyncdir);
-        match self.fs.do_fsyncdir(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.fs.do_fsyncdir(ino.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -530,10 +521,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         crate::stats::count(crate::stats::Op::setxattr);
-        match self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(
+            reply,
+            self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -548,18 +539,12 @@ impl Filesystem for FuseFs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         crate::stats::count(crate::stats::Op::removexattr);
-        match self.fs.do_removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.fs.do_removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         crate::stats::count(crate::stats::Op::access);
-        match self.fs.do_access(ino.0, mask.bits(), caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.fs.do_access(ino.0, mask.bits(), caller(req)));
     }
 
     fn create(
@@ -605,10 +590,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         crate::stats::count(crate::stats::Op::fallocate);
-        match self.fs.do_fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, self.fs.do_fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
@@ -648,6 +630,14 @@ impl Filesystem for FuseFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Sends the result of an operation that returns nothing.
+fn done(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 

@@ -59,46 +59,116 @@ impl Plyfs {
     /// Other names, visible in the merged view, of the lower file `lower`
     /// (its own name, `own`, excluded). Their parent directories are copied
     /// up, ready for linking.
+    /// The names come from the node's own names (those the kernel looked
+    /// up) and from the layer's link map, its paths found in the merged view
+    /// as they are or under a directory renamed since.
     pub fn lower_siblings(
         &self,
+        node: &Arc<Node>,
         lower: &Arc<LowerObj>,
         own: (&Arc<Node>, &Name),
     ) -> Result<Vec<Sibling<'_>>> {
+        let mut out: Vec<Sibling<'_>> = Vec::new();
+        let aliases = node.state.read().aliases.clone();
+        for a in aliases {
+            let Some(parent) = self.table.add_ref(a.parent) else {
+                continue;
+            };
+            let parent = Held::new(&self.table, parent);
+            self.add_sibling(&mut out, lower, own, vec![parent], &a.name)?;
+        }
         let map = self.link_map(lower.layer)?;
         let Some(paths) = map.get(&(lower.dev, lower.ino)) else {
             log::debug!("no other names for {lower:?} in a map of {}", map.len());
-            return Ok(Vec::new());
+            return Ok(out);
         };
         log::debug!("{} names for {lower:?}", paths.len());
-        let mut out = Vec::new();
         for p in paths {
             let Some((last, dirs)) = p.split_last() else {
                 continue;
             };
-            let Some(path) = self.walk_merged(dirs)? else {
-                continue;
+            let path = match self.walk_merged(dirs)? {
+                Some(path) => path,
+                None => match self.moved_lower_dir(lower.layer, dirs)? {
+                    Some(dir) => vec![dir],
+                    None => continue,
+                },
             };
-            let parent = path
-                .last()
-                .map(|h| (**h).clone())
-                .unwrap_or(self.node(crate::ino::ROOT)?);
-            let name = Name::new(last)?;
-            if Arc::ptr_eq(&parent, own.0) && name.as_bytes() == own.1.as_bytes() {
-                continue;
-            }
-            // Only a name that still shows this very lower file.
-            match self.resolve(&parent, &name)? {
-                Lookup::Found(f)
-                    if f.upper.is_none()
-                        && f.lowers
-                            .first()
-                            .is_some_and(|l| (l.dev, l.ino) == (lower.dev, lower.ino)) => {}
-                _ => continue,
-            }
-            self.copy_up(&parent)?;
-            out.push(Sibling { path, name });
+            self.add_sibling(&mut out, lower, own, path, last)?;
         }
         Ok(out)
+    }
+
+    /// Adds `name` under the last directory of `path` (the root when
+    /// empty) if it is not already there, is not the copied name itself,
+    /// and still shows this very lower file.
+    fn add_sibling<'a>(
+        &'a self,
+        out: &mut Vec<Sibling<'a>>,
+        lower: &Arc<LowerObj>,
+        own: (&Arc<Node>, &Name),
+        path: Vec<Held<'a>>,
+        name: &[u8],
+    ) -> Result<()> {
+        let parent = match path.last() {
+            Some(h) => (**h).clone(),
+            None => self.node(crate::ino::ROOT)?,
+        };
+        let name = Name::new(name)?;
+        let same =
+            |p: &Arc<Node>, n: &Name| Arc::ptr_eq(p, &parent) && n.as_bytes() == name.as_bytes();
+        if same(own.0, own.1) {
+            return Ok(());
+        }
+        if out.iter().any(|s| {
+            let p = s
+                .parent()
+                .cloned()
+                .or_else(|| self.node(crate::ino::ROOT).ok());
+            p.is_some_and(|p| same(&p, &s.name))
+        }) {
+            return Ok(());
+        }
+        match self.resolve(&parent, &name)? {
+            Lookup::Found(f)
+                if f.upper.is_none()
+                    && f.lowers
+                        .first()
+                        .is_some_and(|l| (l.dev, l.ino) == (lower.dev, lower.ino)) => {}
+            _ => return Ok(()),
+        }
+        self.copy_up(&parent)?;
+        out.push(Sibling { path, name });
+        Ok(())
+    }
+
+    /// A directory node known to the kernel that merges the lower directory
+    /// at `comps` in layer `layer`: where that directory went when it was
+    /// renamed (its path in the merged view no longer leads to it).
+    fn moved_lower_dir(&self, layer: usize, comps: &[Box<[u8]>]) -> Result<Option<Held<'_>>> {
+        let Some(root) = self.lowers.get(layer).map(|l| l.root.clone()) else {
+            return Ok(None);
+        };
+        let mut cur = root;
+        for c in comps {
+            let name = Name::new(c)?;
+            let fd = cur.dir_fd()?;
+            match sys::fs::lstatat(fd.as_fd(), name.as_cstr()) {
+                Ok(st) if st.is_dir() => cur = Arc::new(LowerObj::from_stat(&cur, c, &st)),
+                _ => return Ok(None),
+            }
+        }
+        let want = (cur.dev, cur.ino);
+        for dir in self.table.dirs() {
+            let merges = {
+                let s = dir.state.read();
+                s.lowers.iter().any(|l| (l.dev, l.ino) == want)
+            };
+            if merges && let Some(d) = self.table.add_ref(dir.ino) {
+                return Ok(Some(Held::new(&self.table, d)));
+            }
+        }
+        Ok(None)
     }
 
     /// The directory nodes along a path of names from the root (held), if

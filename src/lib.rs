@@ -1,7 +1,7 @@
 //! plyfs: a userspace union filesystem on FUSE, interchangeable with kernel
 //! overlayfs.
 //!
-//! Layout: `sys` holds every system call (and all `unsafe`); `options`,
+//! Layout: `sys` holds every system call and all raw-pointer code; `options`,
 //! `cli` and `setup` turn the command line into opened layers; `fs` holds
 //! the mount's state, with `node`/`table`/`ino` for inodes, `lower` and
 //! `fdcache` for reaching layer objects, `resolve` and `listing` for the

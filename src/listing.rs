@@ -407,7 +407,9 @@ impl Plyfs {
                 }
                 f.stat = st;
                 // A single candidate needs no opaque trimming.
-                f.stack_checked = f.lowers.len() <= 1;
+                // Even a single lower directory may redirect the layers
+                // below (a rotated upper): check the stack on first use.
+                f.stack_checked = f.lowers.is_empty();
                 Ok(f)
             }
             _ => self.resolve_found(dir, &name),

@@ -118,6 +118,17 @@ impl Node {
         self.kind == libc::S_IFDIR
     }
 
+    /// The lower object a non-directory came from, or the top lower
+    /// directory of a directory. EIO for a node without lower content.
+    pub fn top_lower(&self) -> Result<Arc<LowerObj>, crate::sys::Errno> {
+        self.state
+            .read()
+            .lowers
+            .first()
+            .cloned()
+            .ok_or(crate::sys::Errno::EIO)
+    }
+
     pub fn has_upper(&self) -> bool {
         self.state.read().upper.is_some()
     }

@@ -86,13 +86,7 @@ impl Plyfs {
         if node.has_upper() {
             return self.upper_loc(node).map(Some);
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         if lower.parent.is_none() {
             return Ok(None);
         }

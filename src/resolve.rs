@@ -94,7 +94,40 @@ pub enum Lookup {
 }
 
 impl Found {
-    fn upper_only(st: Stat) -> Found {
+    /// An object found only in the lower layers: a non-directory or the top
+    /// of a directory stack.
+    fn lower(st: Stat, lowers: Vec<Arc<LowerObj>>) -> Found {
+        Found {
+            kind: st.file_type(),
+            stat: st,
+            upper: None,
+            lowers,
+            stack_checked: true,
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+            redirect: None,
+        }
+    }
+
+    /// The state of a node standing for this object, known as `alias`.
+    pub fn node_state(&self, alias: Alias) -> NodeState {
+        NodeState {
+            aliases: vec![alias],
+            upper: self.upper,
+            lowers: self.lowers.clone().into(),
+            stack_checked: self.stack_checked,
+            opaque: self.opaque,
+            impure: self.impure,
+            xattr_whiteouts: self.xattr_whiteouts,
+            redirect: self.redirect.clone(),
+            unlinked: false,
+        }
+    }
+
+    /// An object that exists only in the upper layer.
+    pub fn upper_only(st: Stat) -> Found {
         Found {
             kind: st.file_type(),
             stat: st,
@@ -154,9 +187,9 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (p_upper, p_impure, p_xwo) = {
+        let (p_upper, p_xwo) = {
             let s = parent.state.read();
-            (s.upper.is_some(), s.impure, s.xattr_whiteouts)
+            (s.upper.is_some(), s.xattr_whiteouts)
         };
         let mut top: Option<Found> = None;
         if p_upper {
@@ -186,14 +219,15 @@ impl Plyfs {
                         }
                         top = Some(f);
                     } else {
-                        if p_impure {
-                            f.origin = whiteout::file_markers(
-                                pfd.as_fd(),
-                                name.as_cstr(),
-                                self.upper_prefixes(),
-                            )?
-                            .origin;
-                        }
+                        // Like the kernel, every upper non-directory's
+                        // origin is read: its st_ino must not depend on
+                        // which directory (impure or not) holds the name.
+                        f.origin = whiteout::file_markers(
+                            pfd.as_fd(),
+                            name.as_cstr(),
+                            self.upper_prefixes(),
+                        )?
+                        .origin;
                         return Ok(Lookup::Found(f));
                     }
                 }
@@ -216,36 +250,14 @@ impl Plyfs {
             _ => Target::Name(name.as_bytes().to_vec()),
         };
         match self.lower_lookup(&stack, target, top.is_some())? {
-            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found {
-                kind: st.file_type(),
-                stat: st,
-                upper: None,
-                lowers: vec![obj],
-                stack_checked: true,
-                opaque: false,
-                impure: false,
-                xattr_whiteouts: false,
-                origin: None,
-                redirect: None,
-            })),
+            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found::lower(st, vec![obj]))),
             LowerHit::Dirs(dirs, first) => match top {
                 Some(mut f) => {
                     f.lowers = dirs;
                     Ok(Lookup::Found(f))
                 }
                 None => match first {
-                    Some(st) => Ok(Lookup::Found(Found {
-                        kind: libc::S_IFDIR,
-                        stat: st,
-                        upper: None,
-                        lowers: dirs,
-                        stack_checked: true,
-                        opaque: false,
-                        impure: false,
-                        xattr_whiteouts: false,
-                        origin: None,
-                        redirect: None,
-                    })),
+                    Some(st) => Ok(Lookup::Found(Found::lower(st, dirs))),
                     None => Ok(Lookup::Missing { whiteout: false }),
                 },
             },
@@ -272,7 +284,8 @@ impl Plyfs {
         let mut dirs: Vec<Arc<LowerObj>> = Vec::new();
         let mut first: Option<Stat> = None;
         let mut i = 0;
-        while i < positions.len() {
+        let mut stop = false;
+        while i < positions.len() && !stop {
             let lo = positions[i].clone();
             i += 1;
             let (pobj, last) = match &target {
@@ -282,8 +295,12 @@ impl Plyfs {
                         break;
                     };
                     match self.walk_lower(&lo, dirs_path)? {
-                        Some(p) => (p, Name::new(last)?),
-                        None => continue,
+                        Walk::Dir(p, last_layer) => {
+                            stop = last_layer;
+                            (p, Name::new(last)?)
+                        }
+                        Walk::Missing => continue,
+                        Walk::Cut => break,
                     }
                 }
             };
@@ -356,21 +373,34 @@ impl Plyfs {
         Ok(LowerHit::Dirs(dirs, first))
     }
 
-    /// Walks directory names down from a lower layer's root; `None` when a
-    /// component is missing or not a directory in that layer.
-    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Option<Arc<LowerObj>>> {
+    /// Walks the directories of a redirect path down from a lower layer's
+    /// root, the way the kernel's `ovl_lookup_layer` does: a missing
+    /// component skips the layer, a whiteout or non-directory ends the
+    /// search, an opaque directory lets this layer answer but no layer below.
+    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
         let mut cur = root.clone();
+        let mut last_layer = false;
         for c in comps {
             let n = Name::new(c)?;
             let fd = cur.dir_fd()?;
-            match sys::fs::lstatat(fd.as_fd(), n.as_cstr()) {
-                Ok(st) if st.is_dir() => cur = Arc::new(LowerObj::from_stat(&cur, c, &st)),
-                Ok(_) => return Ok(None),
-                Err(e) if e.code() == libc::ENOENT => return Ok(None),
+            let st = match sys::fs::lstatat(fd.as_fd(), n.as_cstr()) {
+                Ok(st) => st,
+                Err(e) if e.code() == libc::ENOENT => {
+                    if last_layer || cur.has_oci_whiteout(c)? {
+                        return Ok(Walk::Cut);
+                    }
+                    return Ok(Walk::Missing);
+                }
                 Err(e) => return Err(e),
+            };
+            if !st.is_dir() {
+                // A whiteout or a non-directory: the path is cut off here.
+                return Ok(Walk::Cut);
             }
+            cur = Arc::new(LowerObj::from_stat(&cur, c, &st));
+            last_layer |= cur.dir_info()?.opaque;
         }
-        Ok(Some(cur))
+        Ok(Walk::Dir(cur, last_layer))
     }
 
     /// Resolves and requires a visible object.
@@ -469,23 +499,7 @@ impl Plyfs {
                     }
                 }
             },
-            || {
-                Node::new(
-                    ino,
-                    f.kind,
-                    NodeState {
-                        aliases: vec![alias.clone()],
-                        upper: f.upper,
-                        lowers: f.lowers.clone().into(),
-                        stack_checked: f.stack_checked,
-                        opaque: f.opaque,
-                        impure: f.impure,
-                        xattr_whiteouts: f.xattr_whiteouts,
-                        redirect: f.redirect.clone(),
-                        unlinked: false,
-                    },
-                )
-            },
+            || Node::new(ino, f.kind, f.node_state(alias.clone())),
         );
         node.add_alias(alias);
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
@@ -504,4 +518,16 @@ impl Plyfs {
         };
         Ok((node, attr))
     }
+}
+
+/// Where walking a redirect path down one lower layer ended.
+enum Walk {
+    /// At the directory holding the last component; `true` when an opaque
+    /// directory on the way hides the layers below.
+    Dir(Arc<LowerObj>, bool),
+    /// A component is missing: the layers below may still have the path.
+    Missing,
+    /// A whiteout, non-directory or opaque directory cuts the path off for
+    /// all layers below.
+    Cut,
 }

@@ -7,6 +7,7 @@
 //! old generation still balance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -49,6 +50,11 @@ impl<'a> Held<'a> {
 #[derive(Default)]
 pub struct Table {
     map: DashMap<u64, Slot>,
+    /// Nodes in the table, and the largest count since memory was last
+    /// handed back.
+    live: AtomicUsize,
+    peak: AtomicUsize,
+    forgets: AtomicUsize,
 }
 
 impl Table {
@@ -99,6 +105,7 @@ impl Table {
                     node: node.clone(),
                     lookups: 1,
                 });
+                self.added();
                 (node, None)
             }
         };
@@ -121,7 +128,45 @@ impl Table {
             slot.lookups = slot.lookups.saturating_sub(n);
             slot.lookups == 0
         });
-        drop(removed);
+        if removed.is_some() {
+            drop(removed);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.maybe_release_memory();
+        }
+    }
+
+    /// When the kernel has forgotten most of a large tree (memory pressure,
+    /// drop_caches), hands the freed heap back to the system: the allocator
+    /// would otherwise keep the peak.
+    fn maybe_release_memory(&self) {
+        const EVERY: usize = 4096;
+        if self.forgets.fetch_add(1, Ordering::Relaxed) % EVERY != EVERY - 1 {
+            return;
+        }
+        let len = self.live.load(Ordering::Relaxed);
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= 2 * EVERY && len < peak / 2 {
+            self.peak.store(len, Ordering::Relaxed);
+            crate::sys::process::malloc_trim();
+        }
+    }
+
+    /// Counts a node added to the table.
+    fn added(&self) {
+        let len = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        if len > self.peak.load(Ordering::Relaxed) {
+            self.peak.store(len, Ordering::Relaxed);
+        }
+    }
+
+    /// Directory nodes, referenced (for scans that must not hold the map's
+    /// shard locks while they look inside nodes).
+    pub fn dirs(&self) -> Vec<Arc<Node>> {
+        self.map
+            .iter()
+            .filter(|s| s.node.is_dir())
+            .map(|s| s.node.clone())
+            .collect()
     }
 
     pub fn len(&self) -> usize {

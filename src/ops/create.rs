@@ -64,6 +64,13 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if let NewObject::Special { mode, rdev: 0 } = what
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            // A 0/0 character device is a whiteout: like the kernel,
+            // overlay users may not create one.
+            return Err(Errno::EPERM);
+        }
         // Operands are copied up before the directory is locked.
         self.copy_up(&parent)?;
         if let NewObject::Link { source } = &what {
@@ -86,7 +93,7 @@ impl Plyfs {
                     && flags & libc::O_EXCL == 0
                 {
                     let f = self.resolve_found(&parent, name)?;
-                    return self.open_existing(&parent, name, f, flags);
+                    return self.open_existing(&parent, name, f, flags, caller.uid);
                 }
                 return Err(Errno::EEXIST);
             }
@@ -101,13 +108,18 @@ impl Plyfs {
             self.create_direct(pfd.as_fd(), name, &what, uid, gid, &pst, &mut fd)?
         };
         parent.touch_version();
-        let mut found = Found::upper_only_stat(st);
+        let mut found = Found::upper_only(st);
         found.opaque = what.is_dir() && (whiteout || found.opaque);
         if let NewObject::Link { source } = &what {
             // The new name is another link to the source's upper inode.
             let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
             let attr = self.attr_from(&node, &st)?;
             self.add_alias(&node, parent.ino, name);
+            if !node.state.read().lowers.is_empty() {
+                // A copied-up file (st_ino from its origin) now has a name
+                // here: readdir must read origins in this directory.
+                self.mark_impure(&parent, &pfd);
+            }
             return Ok(Created { node, attr, fd });
         }
         let (node, attr) = self.remember(&parent, name, found)?;
@@ -120,12 +132,13 @@ impl Plyfs {
         name: &Name,
         f: Found,
         flags: i32,
+        caller_uid: u32,
     ) -> Result<Created> {
         if f.is_dir() {
             return Err(Errno::EISDIR);
         }
         let (node, attr) = self.remember(parent, name, f)?;
-        let fd = match self.open_node_fd(&node, flags) {
+        let fd = match self.open_node_fd(&node, flags, caller_uid) {
             Ok(fd) => fd,
             Err(e) => {
                 self.table.forget(node.ino, 1);
@@ -378,23 +391,5 @@ impl Plyfs {
             return Err(e);
         }
         sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
-    }
-}
-
-impl Found {
-    /// A found object that exists only in the upper layer.
-    pub fn upper_only_stat(st: Stat) -> Found {
-        Found {
-            kind: st.file_type(),
-            stat: st,
-            upper: Some((st.dev, st.ino)),
-            lowers: Vec::new(),
-            stack_checked: true,
-            opaque: false,
-            impure: false,
-            xattr_whiteouts: false,
-            origin: None,
-            redirect: None,
-        }
     }
 }

@@ -45,7 +45,7 @@ impl Plyfs {
 
     /// Opens the real file of `node` (upper if it has one), copying it up
     /// first when `flags` write.
-    pub fn open_node_fd(&self, node: &Arc<Node>, flags: i32) -> Result<OwnedFd> {
+    pub fn open_node_fd(&self, node: &Arc<Node>, flags: i32, caller_uid: u32) -> Result<OwnedFd> {
         if node.kind != libc::S_IFREG {
             return Err(if node.is_dir() {
                 Errno::EISDIR
@@ -62,25 +62,41 @@ impl Plyfs {
         let fd = if node.has_upper() {
             self.open_upper(node, real)?
         } else {
-            let lower = node
-                .state
-                .read()
-                .lowers
-                .first()
-                .cloned()
-                .ok_or(Errno::EIO)?;
+            let lower = node.top_lower()?;
             let (pfd, name) = lower.locate()?;
             open_noatime(pfd.as_fd(), &name, real)?
         };
         if flags & libc::O_TRUNC != 0 {
             sys::io::ftruncate(fd.as_fd(), 0)?;
+            if caller_uid != 0 {
+                self.kill_suid(node, fd.as_fd())?;
+            }
         }
         Ok(fd)
     }
 
-    pub fn do_open(&self, ino: u64, flags: i32) -> Result<(u64, Arc<OpenFile>)> {
+    /// Truncation by a caller without CAP_FSETID (taken as: not root)
+    /// drops setuid, and setgid when group-executable, as the VFS does.
+    /// The kernel leaves this to the filesystem for an atomic O_TRUNC open.
+    fn kill_suid(&self, node: &Arc<Node>, fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+        let mode = u32::from(self.node_attr(node)?.perm);
+        let mut kill = mode & libc::S_ISUID;
+        if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(());
+        }
+        if self.override_attr().is_some() {
+            self.store_override(node, None, None, Some(mode & !kill))
+        } else {
+            sys::fs::fchmod(fd, mode & !kill & 0o7777)
+        }
+    }
+
+    pub fn do_open(&self, ino: u64, flags: i32, caller_uid: u32) -> Result<(u64, Arc<OpenFile>)> {
         let node = self.node(ino)?;
-        let fd = self.open_node_fd(&node, flags)?;
+        let fd = self.open_node_fd(&node, flags, caller_uid)?;
         let on_upper = node.has_upper();
         Ok(self.register_file(node, fd, on_upper, flags))
     }

@@ -72,13 +72,7 @@ impl Plyfs {
             let (pfd, name) = self.upper_loc(&node)?;
             return sys::fs::readlinkat(pfd.as_fd(), name.as_cstr());
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         let (pfd, name) = lower.locate()?;
         sys::fs::readlinkat(pfd.as_fd(), name.as_cstr())
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
-use crate::node::{Node, NodeState};
+use crate::node::Node;
 use crate::resolve::Found;
 use crate::sys::{self, Errno};
 
@@ -59,6 +59,9 @@ impl Plyfs {
             (false, _) => self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?,
         }
         parent.touch_version();
+        if let (Some(u), true) = (f.upper, last_link) {
+            self.inos.unalias(u);
+        }
         if let Some(v) = victim {
             v.remove_alias(parent.ino, name.as_bytes());
             if last_link {
@@ -116,24 +119,11 @@ impl Plyfs {
     /// Whether the merged directory found as `name` in `parent` is empty.
     pub fn is_empty_dir(&self, parent: &Arc<Node>, name: &Name, f: &Found) -> Result<bool> {
         // A throwaway node over the same objects (not in the table).
-        let probe = Arc::new(Node::new(
-            0,
-            libc::S_IFDIR,
-            NodeState {
-                aliases: vec![crate::node::Alias {
-                    parent: parent.ino,
-                    name: name.as_bytes().into(),
-                }],
-                upper: f.upper,
-                lowers: f.lowers.clone().into(),
-                stack_checked: f.stack_checked,
-                opaque: f.opaque,
-                impure: f.impure,
-                xattr_whiteouts: f.xattr_whiteouts,
-                redirect: f.redirect.clone(),
-                unlinked: false,
-            },
-        ));
+        let alias = crate::node::Alias {
+            parent: parent.ino,
+            name: name.as_bytes().into(),
+        };
+        let probe = Arc::new(Node::new(0, libc::S_IFDIR, f.node_state(alias)));
         Ok(self.build_listing(&probe)?.entries.is_empty())
     }
 }

@@ -40,6 +40,19 @@ impl Plyfs {
         self.upper_layer()?;
         let parent = self.node(parent)?;
         let newparent = self.node(newparent)?;
+        // Refuse what cannot succeed before copying anything up, like the
+        // kernel: an immovable directory, a non-empty target directory.
+        self.check_movable(&parent, name)?;
+        if flags & EXCHANGE != 0 {
+            self.check_movable(&newparent, newname)?;
+        } else if let Lookup::Found(df) = self.resolve(&newparent, newname)?
+            && df.is_dir()
+            && flags & NOREPLACE == 0
+            && self.resolve_found(&parent, name)?.is_dir()
+            && !self.is_empty_dir(&newparent, newname, &df)?
+        {
+            return Err(Errno::ENOTEMPTY);
+        }
         // Copy operands up before any directory is locked.
         self.copy_up(&parent)?;
         self.copy_up(&newparent)?;
@@ -87,6 +100,16 @@ impl Plyfs {
             self.move_alias(&src, &parent, name, &newparent, newname);
             if let Some(d) = dnode {
                 self.move_alias(&d, &newparent, newname, &parent, name);
+            }
+            // Entries whose st_ino comes from an origin moved to another
+            // directory: it is impure now (readdir must read their origin).
+            if !Arc::ptr_eq(&parent, &newparent) {
+                if self.has_origin(&sf) {
+                    self.mark_impure(&newparent, &npfd);
+                }
+                if self.has_origin(&df) {
+                    self.mark_impure(&parent, &pfd);
+                }
             }
             self.after_rename(&parent, &newparent);
             return Ok(());
@@ -179,6 +202,9 @@ impl Plyfs {
             )?;
         }
         if let Some(df) = replaced {
+            if let (Some(u), true) = (df.upper, df.is_dir() || df.stat.nlink <= 1) {
+                self.inos.unalias(u);
+            }
             if let Some(victim) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
                 victim.remove_alias(newparent.ino, newname.as_bytes());
                 if df.is_dir() || df.stat.nlink <= 1 || df.upper.is_none() {
@@ -187,7 +213,7 @@ impl Plyfs {
             }
         }
         self.move_alias(&src, &parent, name, &newparent, newname);
-        if !Arc::ptr_eq(&parent, &newparent) {
+        if !Arc::ptr_eq(&parent, &newparent) && self.has_origin(&sf) {
             self.mark_impure(&newparent, &npfd);
         }
         self.after_rename(&parent, &newparent);
@@ -219,6 +245,22 @@ impl Plyfs {
             RedirectMode::Copy => self.copy_up_tree(node),
             RedirectMode::Follow | RedirectMode::NoFollow => Err(Errno::EXDEV),
         }
+    }
+
+    /// EXDEV for a directory with lower content when directories may not
+    /// be redirected.
+    fn check_movable(&self, parent: &Arc<Node>, name: &Name) -> Result<()> {
+        if !matches!(
+            self.cfg.redirect,
+            RedirectMode::Follow | RedirectMode::NoFollow
+        ) {
+            return Ok(());
+        }
+        let node = self.node_at(parent, name)?;
+        if node.is_dir() && !self.dir_stack(&node)?.is_empty() {
+            return Err(Errno::EXDEV);
+        }
+        Ok(())
     }
 
     /// Records where a directory's lower content lives before it moves: its
@@ -267,6 +309,12 @@ impl Plyfs {
         self.set_opaque(pfd.as_fd(), name)?;
         dir.state.write().opaque = true;
         Ok(())
+    }
+
+    /// Whether a found object has an `overlay.origin` (its st_ino comes
+    /// from a lower object) or lower content.
+    fn has_origin(&self, f: &Found) -> bool {
+        f.origin.is_some() || f.has_lower()
     }
 
     pub fn set_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &Name) -> Result<()> {

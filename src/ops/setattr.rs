@@ -41,8 +41,13 @@ impl Plyfs {
         let (dfd, name) = if node.is_dir() {
             (self.upper_dir_fd(&node)?, None)
         } else {
-            let (pfd, name) = self.upper_loc(&node)?;
-            (pfd, Some(name))
+            match (self.upper_loc(&node), self.pinned(&node)) {
+                (Ok((pfd, name)), _) => (pfd, Some(name)),
+                // Unlinked but still open (fchmod, futimens...): change
+                // the object through its pinned descriptor.
+                (Err(e), Some(pin)) if e.code() == libc::ENOENT => (pin, None),
+                (Err(e), _) => return Err(e),
+            }
         };
         let cname = name.as_ref().map(|n| n.as_cstr()).unwrap_or(c"");
         if self.override_attr().is_some() && (uid.is_some() || gid.is_some() || a.mode.is_some()) {
@@ -71,12 +76,12 @@ impl Plyfs {
             match writable {
                 Some(h) => sys::io::ftruncate(h.fd().as_fd(), size)?,
                 None => {
-                    let f = sys::fs::openat(
-                        dfd.as_fd(),
-                        cname,
-                        libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-                        0,
-                    )?;
+                    let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+                    let f = if cname.is_empty() {
+                        sys::fs::reopen(dfd.as_fd(), flags)?
+                    } else {
+                        sys::fs::openat(dfd.as_fd(), cname, flags, 0)?
+                    };
                     sys::io::ftruncate(f.as_fd(), size)?;
                 }
             }

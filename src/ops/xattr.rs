@@ -72,16 +72,17 @@ impl Plyfs {
             if node.ino == crate::ino::ROOT {
                 return Ok(RealRef::Open(open_dir(&self.upper_layer()?.root)?));
             }
-            let (pfd, name) = self.upper_loc(node)?;
-            return Ok(RealRef::At(pfd, name));
+            return match (self.upper_loc(node), self.pinned(node)) {
+                (Ok((pfd, name)), _) => Ok(RealRef::At(pfd, name)),
+                // Unlinked but still open: through the pinned descriptor.
+                (Err(e), Some(pin)) if e.code() == libc::ENOENT && node.kind == libc::S_IFREG => {
+                    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+                    Ok(RealRef::Open(sys::fs::reopen(pin.as_fd(), flags)?))
+                }
+                (Err(e), _) => Err(e),
+            };
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         if lower.parent.is_none() {
             return Ok(RealRef::Open(open_dir(lower.dir_fd()?.as_ref())?));
         }
