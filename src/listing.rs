@@ -124,9 +124,9 @@ impl Plyfs {
     /// Reads the merged contents of the directory `dir`.
     pub fn build_listing(&self, dir: &Arc<Node>) -> Result<Listing> {
         let version = dir.version.load(std::sync::atomic::Ordering::Relaxed);
-        let (has_upper, impure, xwo) = {
+        let (has_upper, xwo) = {
             let s = dir.state.read();
-            (s.upper.is_some(), s.impure, s.xattr_whiteouts)
+            (s.upper.is_some(), s.xattr_whiteouts)
         };
         let stack = self.dir_stack(dir)?;
         let mut seen: HashMap<Box<[u8]>, Seen> = HashMap::new();
@@ -184,7 +184,11 @@ impl Plyfs {
                     entry.impure = m.impure;
                     entry.origin = m.origin;
                     entry.redirect = m.redirect.map(Into::into);
-                } else if impure {
+                } else {
+                    // Every upper non-directory's origin counts, as in
+                    // lookups: the kernel clears `impure` from directories
+                    // whose entries need no fix-up in its own numbering
+                    // (copied-up hard links keep their upper number there).
                     entry.origin =
                         whiteout::file_markers(ufd.as_fd(), name.as_cstr(), self.upper_prefixes())?
                             .origin;

@@ -295,9 +295,14 @@ impl Plyfs {
                         break;
                     };
                     match self.walk_lower(&lo, dirs_path)? {
-                        Walk::Dir(p, last_layer) => {
+                        Walk::Dir(p, last_layer, below) => {
                             stop = last_layer;
-                            (p, Name::new(last)?)
+                            let last = Name::new(last)?;
+                            if let Some(mut b) = below {
+                                b.push(last.as_bytes().to_vec());
+                                target = Target::Abs(b);
+                            }
+                            (p, last)
                         }
                         Walk::Missing => continue,
                         Walk::Cut => break,
@@ -350,6 +355,7 @@ impl Plyfs {
                 match parse_redirect(r) {
                     Some(Target::Abs(c)) => {
                         target = Target::Abs(c);
+                        stop = false;
                         positions = roots()
                             .into_iter()
                             .filter(|l| l.layer > obj.layer)
@@ -376,10 +382,15 @@ impl Plyfs {
     /// Walks the directories of a redirect path down from a lower layer's
     /// root, the way the kernel's `ovl_lookup_layer` does: a missing
     /// component skips the layer, a whiteout or non-directory ends the
-    /// search, an opaque directory lets this layer answer but no layer below.
+    /// search, an opaque directory lets this layer answer but no layer below,
+    /// and a redirect on a directory on the way changes the path the layers
+    /// below are searched for.
     fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
         let mut cur = root.clone();
         let mut last_layer = false;
+        // The path for the layers below, rewritten by redirects on the way.
+        let mut below: Vec<Vec<u8>> = Vec::with_capacity(comps.len());
+        let mut redirected = false;
         for c in comps {
             let n = Name::new(c)?;
             let fd = cur.dir_fd()?;
@@ -398,9 +409,28 @@ impl Plyfs {
                 return Ok(Walk::Cut);
             }
             cur = Arc::new(LowerObj::from_stat(&cur, c, &st));
-            last_layer |= cur.dir_info()?.opaque;
+            let info = cur.dir_info()?;
+            last_layer |= info.opaque;
+            below.push(c.clone());
+            if info.opaque || !self.cfg.follow_redirects() {
+                continue;
+            }
+            match info.redirect.as_deref().and_then(parse_redirect) {
+                // An absolute redirect lifts an opaque ancestor's stop,
+                // as in the kernel's `ovl_check_redirect`.
+                Some(Target::Abs(r)) => {
+                    below = r;
+                    last_layer = false;
+                }
+                Some(Target::Name(n)) => {
+                    below.pop();
+                    below.push(n);
+                }
+                None => continue,
+            }
+            redirected = true;
         }
-        Ok(Walk::Dir(cur, last_layer))
+        Ok(Walk::Dir(cur, last_layer, redirected.then_some(below)))
     }
 
     /// Resolves and requires a visible object.
@@ -523,8 +553,9 @@ impl Plyfs {
 /// Where walking a redirect path down one lower layer ended.
 enum Walk {
     /// At the directory holding the last component; `true` when an opaque
-    /// directory on the way hides the layers below.
-    Dir(Arc<LowerObj>, bool),
+    /// directory on the way hides the layers below; the directories' path
+    /// for the layers below when a redirect on the way changed it.
+    Dir(Arc<LowerObj>, bool, Option<Vec<Vec<u8>>>),
     /// A component is missing: the layers below may still have the path.
     Missing,
     /// A whiteout, non-directory or opaque directory cuts the path off for

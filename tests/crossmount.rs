@@ -52,8 +52,7 @@
 //! what containers-storage uses) and `metacopy=off`.
 //!
 //! The plyfs bugs these tests found have minimal reproductions at the end
-//! of this file: regression tests for the ones fixed, ignored tests for the
-//! open ones (and the random tests that hit them are ignored too).
+//! of this file; all are fixed and stay as regression tests.
 
 mod common;
 mod sem;
@@ -1259,7 +1258,6 @@ fn plyfs_writes_kernel_reads() {
 /// the same st_ino for every path, so the same hard links, and d_ino =
 /// st_ino everywhere (also for the kernel on plyfs's layers).
 #[test]
-#[ignore = "plyfs bug: see st_ino_after_kernel_drops_impure"]
 fn plyfs_writes_st_ino_stable_across_remount() {
     if !require_root("plyfs_writes_st_ino_stable_across_remount") {
         return;
@@ -1353,21 +1351,10 @@ fn alternating_writers() {
     if !require_root("alternating_writers") {
         return;
     }
-    alternating(false, &[Aspect::Cross]);
-}
-
-/// The same, comparing the hard links too.
-#[test]
-#[ignore = "plyfs bug: see st_ino_after_kernel_drops_impure"]
-fn alternating_writers_hard_links() {
-    if !require_root("alternating_writers_hard_links") {
-        return;
-    }
-    alternating(false, &[Aspect::Links]);
+    alternating(false, &[Aspect::Cross, Aspect::Links]);
 }
 
 #[test]
-#[ignore = "plyfs bug: see redirect_through_redirected_lower_dir"]
 fn alternating_writers_layer_per_phase() {
     if !require_root("alternating_writers_layer_per_phase") {
         return;
@@ -1612,7 +1599,6 @@ fn rotated_upper_plyfs_writes_kernel_reads() {
 /// renames more on top (a redirect through a redirected lower dir); plyfs
 /// shows the same trees.
 #[test]
-#[ignore = "plyfs bug: see redirect_through_redirected_lower_dir"]
 fn rotated_upper_kernel_writes_plyfs_reads() {
     if !require_root("rotated_upper_kernel_writes_plyfs_reads") {
         return;
@@ -1687,8 +1673,7 @@ fn plyfs_volatile_leaves_kernel_mark() {
 
 // ---- plyfs bugs found by the random tests: minimal reproductions -----------------
 //
-// The first six were fixed on main while this file was written and stay as
-// regression tests; the last two are open (ignored).
+// All fixed; they stay as regression tests.
 
 fn ino_of(p: &Path) -> u64 {
     lstat(p)
@@ -1992,7 +1977,6 @@ fn lower_hard_link_in_renamed_dir() {
 /// trusted.overlay.redirect -v /top/deeper u/x; plyfs -o lowerdir=l0:l1,... m;
 /// ls m/x` (empty; the kernel lists c).
 #[test]
-#[ignore = "plyfs bug: redirects of intermediate lower directories are not applied when following a redirect"]
 fn redirect_through_redirected_lower_dir() {
     if !require_root("redirect_through_redirected_lower_dir") {
         return;
@@ -2033,7 +2017,6 @@ fn redirect_through_redirected_lower_dir() {
 /// (d_ino differs from st_ino; after `ls -l m m/c; ls -l m/x` even st_ino of
 /// m/x/h and m/c/f differ).
 #[test]
-#[ignore = "plyfs bug: d_ino/st_ino of copied-up hard links depend on overlay.impure, which the kernel clears"]
 fn st_ino_after_kernel_drops_impure() {
     if !require_root("st_ino_after_kernel_drops_impure") {
         return;
