@@ -13,7 +13,10 @@
 //! - `PLYFS_DIFF_SEED=N`: run only seed N (replay).
 //! - `PLYFS_DIFF_OPS=N`: operations per seed (default [`DEFAULT_OPS`]).
 //! - `PLYFS_DIFF_VARIANT=NAME`: run only that entry of [`VARIANTS`].
+//! - `PLYFS_DIFF_RANDOM=N`: run N clock-derived seeds instead of one.
 //! - `PLYFS_DIFF_TRACE=1`: print every operation and both results.
+//! - `PLYFS_DIFF_SHRINK=1`: on a mismatch, shrink the layer tree and the
+//!   operation list to a minimal reproduction (slow) and print it.
 //! - `PLYFS_DIFF_KEEP=1`: keep the layer trees of a failing run.
 //!
 //! Replay a failure: `PLYFS_DIFF_SEED=N PLYFS_DIFF_OPS=M cargo test --test
@@ -116,19 +119,40 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
         ignore_opaque_only_in_kernel,
     ),
     (
-        "plyfs bug: a directory rename that fails with EXDEV (lower content, \
-         redirect_dir=off) has already copied up the parent directories \
-         (the kernel checks first and leaves the upper layer untouched)",
-        ignore_extra_plyfs_dirs,
+        "plyfs bug: a rename that fails with EXDEV (a directory with lower \
+         content, redirect_dir=off; also RENAME_EXCHANGE) has already copied \
+         up the parent directories and the other operand (the kernel checks \
+         first and leaves the upper layer untouched)",
+        ignore_extra_plyfs_copies,
+    ),
+    (
+        "plyfs bug: whiteouts created in a setgid directory take the \
+         directory's group (the kernel makes them in the workdir: root:root)",
+        ignore_whiteout_owner,
     ),
 ];
 
-/// Drops directories that only the plyfs upper has and that carry no
-/// overlay marker (their children, if any, still show up as differences).
-fn ignore_extra_plyfs_dirs(p: &mut Snap, k: &mut Snap) {
+fn is_whiteout(e: &EntryInfo) -> bool {
+    e.kind == 'c' && e.rdev == 0
+}
+
+/// Drops entries that only the plyfs upper has and that are plain copies
+/// (not whiteouts, no opaque marker). Runs after the merged views were
+/// found equal, so these only shadow identical lower objects.
+fn ignore_extra_plyfs_copies(p: &mut Snap, k: &mut Snap) {
     p.retain(|path, e| {
-        k.contains_key(path) || e.kind != 'd' || e.xattrs.iter().any(|(n, _)| n == OPAQUE)
+        k.contains_key(path) || is_whiteout(e) || e.xattrs.iter().any(|(n, _)| n == OPAQUE)
     });
+}
+
+/// Ignores the owner of whiteouts present in both uppers.
+fn ignore_whiteout_owner(p: &mut Snap, k: &mut Snap) {
+    for (path, pe) in p.iter_mut() {
+        if let Some(ke) = k.get(path).filter(|ke| is_whiteout(ke) && is_whiteout(pe)) {
+            pe.uid = ke.uid;
+            pe.gid = ke.gid;
+        }
+    }
 }
 
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
@@ -305,8 +329,17 @@ enum Op {
     FdStat {
         slot: usize,
     },
+    /// rewind + getdents64 on a kept fd (sorted names with d_type).
+    FdReaddir {
+        slot: usize,
+    },
     FdClose {
         slot: usize,
+    },
+    /// access(2) with a mask of F_OK/R_OK/W_OK/X_OK.
+    Access {
+        path: String,
+        mask: i32,
     },
 }
 
@@ -380,7 +413,9 @@ enum OpKind {
     FdWrite,
     FdTruncate,
     FdStat,
+    FdReaddir,
     FdClose,
+    Access,
 }
 
 /// Relative frequencies of the operation kinds.
@@ -413,7 +448,9 @@ const WEIGHTS: &[(OpKind, u32)] = &[
     (OpKind::FdWrite, 4),
     (OpKind::FdTruncate, 2),
     (OpKind::FdStat, 3),
+    (OpKind::FdReaddir, 2),
     (OpKind::FdClose, 3),
+    (OpKind::Access, 2),
 ];
 
 /// What an operation observably did.
@@ -777,9 +814,59 @@ fn exec(fs: &mut FsState, op: &Op) -> Outcome {
                 }
             }
         },
+        Op::FdReaddir { slot } => match fd(fs, *slot) {
+            Err(e) => Outcome::Err(e),
+            Ok(fd) => getdents(fd),
+        },
         Op::FdClose { slot } => fs.close_slot(*slot),
         _ => exec_path(&fs.root, op),
     }
+}
+
+/// Rewinds a directory fd and lists it with getdents64: sorted `name:type`
+/// (type from d_type), without `.` and `..`.
+fn getdents(fd: i32) -> Outcome {
+    // SAFETY: lseek on our fd.
+    if unsafe { libc::lseek(fd, 0, libc::SEEK_SET) } < 0 {
+        return Outcome::Err(last_errno());
+    }
+    let mut names = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: getdents64 into a buffer valid for its length.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Outcome::Err(last_errno());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut off = 0usize;
+        while off < n as usize {
+            // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+            let rec = &buf[off..n as usize];
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            let dtype = rec[18];
+            let name = &rec[19..reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name != b"." && name != b".." {
+                let t = match dtype {
+                    libc::DT_DIR => 'd',
+                    libc::DT_REG => 'f',
+                    libc::DT_LNK => 'l',
+                    libc::DT_FIFO => 'p',
+                    libc::DT_CHR => 'c',
+                    libc::DT_BLK => 'b',
+                    libc::DT_SOCK => 's',
+                    _ => '?',
+                };
+                names.push(format!("{}:{t}", String::from_utf8_lossy(name)));
+            }
+            off += reclen.max(1);
+        }
+    }
+    names.sort();
+    Outcome::Names(names)
 }
 
 fn exec_path(root: &Path, op: &Op) -> Outcome {
@@ -789,7 +876,12 @@ fn exec_path(root: &Path, op: &Op) -> Outcome {
         | Op::FdWrite { .. }
         | Op::FdTruncate { .. }
         | Op::FdStat { .. }
+        | Op::FdReaddir { .. }
         | Op::FdClose { .. } => unreachable!("fd ops run in exec"),
+        Op::Access { path, mask } => {
+            // SAFETY: valid C string.
+            check(unsafe { libc::access(cpath(root, path).as_ptr(), *mask) })
+        }
         Op::Mknod { path, kind } => {
             let (mode, dev) = match kind {
                 'p' => (libc::S_IFIFO | 0o644, 0),
@@ -1047,6 +1139,9 @@ struct Model {
     /// Slots whose file lost the name it was opened by (unlinked, removed
     /// or renamed over).
     orphan: [bool; SLOTS],
+    /// Resolved operand names of the op about to run ([`Model::prepare`]):
+    /// they must be resolved before a rename moves symlinks around.
+    pending: Vec<String>,
 }
 
 fn is_under(p: &str, dir: &str) -> bool {
@@ -1117,6 +1212,15 @@ impl Model {
         join(&self.resolve(parent(p)), name)
     }
 
+    /// Call before running `op`.
+    fn prepare(&mut self, op: &Op) {
+        self.pending = match op {
+            Op::Unlink { path } | Op::Rmdir { path } => vec![self.resolve_parent(path)],
+            Op::Rename { from, to, .. } => vec![self.resolve_parent(from), self.resolve_parent(to)],
+            _ => vec![],
+        };
+    }
+
     fn track_slots(&mut self, op: &Op, ok: bool) {
         match op {
             Op::Open { slot, path, .. } => {
@@ -1129,30 +1233,38 @@ impl Model {
                 self.slot_path[*slot] = None;
                 self.orphan[*slot] = false;
             }
-            Op::Unlink { path } | Op::Rmdir { path } if ok => {
-                let r = self.resolve_parent(path);
+            Op::Unlink { .. } | Op::Rmdir { .. } if ok => {
+                let r = self.pending[0].clone();
                 for i in 0..SLOTS {
                     if self.slot_path[i].as_deref() == Some(&r) {
                         self.orphan[i] = true;
                     }
                 }
             }
-            Op::Rename { from, to, flags } if ok => {
-                let (rf, rt) = (self.resolve_parent(from), self.resolve_parent(to));
+            Op::Rename { flags, .. } if ok => {
+                let (rf, rt) = (self.pending[0].clone(), self.pending[1].clone());
                 if rf == rt {
                     return;
                 }
                 let exchange = *flags & libc::RENAME_EXCHANGE != 0;
+                // `p` moved from below `a` to below `b`?
+                let moved = |p: &str, a: &str, b: &str| {
+                    (p == a || is_under(p, a)).then(|| format!("{b}{}", &p[a.len()..]))
+                };
                 for i in 0..SLOTS {
-                    let cur = self.slot_path[i].clone();
-                    if cur.as_deref() == Some(&rf) {
-                        self.slot_path[i] = Some(rt.clone());
-                    } else if cur.as_deref() == Some(&rt) {
+                    let Some(cur) = self.slot_path[i].clone() else {
+                        continue;
+                    };
+                    if let Some(n) = moved(&cur, &rf, &rt) {
+                        self.slot_path[i] = Some(n);
+                    } else if cur == rt {
                         if exchange {
                             self.slot_path[i] = Some(rf.clone());
                         } else {
                             self.orphan[i] = true;
                         }
+                    } else if let Some(n) = moved(&cur, &rt, &rf).filter(|_| exchange) {
+                        self.slot_path[i] = Some(n);
                     }
                 }
             }
@@ -1363,6 +1475,35 @@ impl Gen {
         }
     }
 
+    /// A directory with no children in the model.
+    fn existing_empty_dir(&mut self, m: &Model) -> Option<String> {
+        let dirs: Vec<&String> = m
+            .paths_where(|k| k == 'd')
+            .into_iter()
+            .filter(|d| {
+                m.live
+                    .range::<String, _>((*d).clone()..)
+                    .nth(1)
+                    .is_none_or(|(next, _)| !is_under(next, d))
+            })
+            .collect();
+        self.pick(&dirs).map(|s| s.to_string())
+    }
+
+    /// Mostly a name the path has (as seen on the kernel mount, which
+    /// lookups do not change), else one from [`XATTR_NAMES`].
+    fn xattr_name(&mut self, m: &Model, path: &str) -> String {
+        if self.chance(0.6) {
+            if let Outcome::Xattrs(x) = list_xattrs(&cpath(&m.kernel_root, path), true) {
+                let names: Vec<String> = x.into_iter().map(|(n, _)| n).collect();
+                if let Some(n) = self.pick(&names) {
+                    return n.clone();
+                }
+            }
+        }
+        self.pick(XATTR_NAMES).expect("names").to_string()
+    }
+
     fn file(&mut self, m: &Model) -> String {
         self.target(m, |k| k == 'f')
     }
@@ -1469,7 +1610,12 @@ impl Gen {
                 mode: if self.chance(0.8) { 0o755 } else { self.mode() },
             },
             OpKind::Rmdir => Op::Rmdir {
-                path: self.target(m, is_dir),
+                // Often a directory that looks empty (per the model; merged
+                // directories may still have hidden lower entries).
+                path: match self.existing_empty_dir(m) {
+                    Some(d) if self.chance(0.5) => d,
+                    _ => self.target(m, is_dir),
+                },
             },
             OpKind::Unlink => Op::Unlink {
                 path: self.target(m, not_dir),
@@ -1527,9 +1673,10 @@ impl Gen {
             },
             OpKind::SetXattr => {
                 let len = self.rng.gen_range(0..24);
+                let path = self.target(m, |k| k == 'f' || k == 'd');
                 Op::SetXattr {
-                    path: self.target(m, |k| k == 'f' || k == 'd'),
-                    name: self.pick(XATTR_NAMES).expect("names").to_string(),
+                    name: self.xattr_name(m, &path),
+                    path,
                     value: pattern(self.rng.r#gen(), len),
                     flags: match self.rng.gen_range(0..5) {
                         0 => libc::XATTR_CREATE,
@@ -1539,11 +1686,14 @@ impl Gen {
                     nofollow: self.chance(0.3),
                 }
             }
-            OpKind::RemoveXattr => Op::RemoveXattr {
-                path: self.target(m, |k| k == 'f' || k == 'd'),
-                name: self.pick(XATTR_NAMES).expect("names").to_string(),
-                nofollow: self.chance(0.3),
-            },
+            OpKind::RemoveXattr => {
+                let path = self.target(m, |k| k == 'f' || k == 'd');
+                Op::RemoveXattr {
+                    name: self.xattr_name(m, &path),
+                    path,
+                    nofollow: self.chance(0.3),
+                }
+            }
             OpKind::ListXattr => Op::ListXattr {
                 path: self.target(m, |_| true),
                 nofollow: self.chance(0.5),
@@ -1589,10 +1739,23 @@ impl Gen {
                     mode,
                 }
             }
+            OpKind::Access => Op::Access {
+                path: self.target(m, |_| true),
+                mask: *self
+                    .pick(&[
+                        libc::F_OK,
+                        libc::R_OK,
+                        libc::W_OK,
+                        libc::X_OK,
+                        libc::R_OK | libc::W_OK | libc::X_OK,
+                    ])
+                    .expect("masks"),
+            },
             k @ (OpKind::FdRead
             | OpKind::FdWrite
             | OpKind::FdTruncate
             | OpKind::FdStat
+            | OpKind::FdReaddir
             | OpKind::FdClose) => {
                 let open: Vec<usize> = (0..SLOTS).filter(|i| m.open[*i]).collect();
                 // Mostly a slot that is open (EBADF is dull).
@@ -1622,6 +1785,7 @@ impl Gen {
                         size: self.size(),
                     },
                     OpKind::FdStat => Op::FdStat { slot },
+                    OpKind::FdReaddir => Op::FdReaddir { slot },
                     _ => Op::FdClose { slot },
                 }
             }
@@ -1735,11 +1899,43 @@ fn add_ancestors(out: &mut Vec<Build>, layer: &mut LayerMap, li: usize, p: &str)
     }
 }
 
+/// The entries (no whiteouts) that layers `from..` show when merged, top
+/// to bottom: a whiteout or non-directory hides the name (and its subtree)
+/// in the layers below it, an opaque directory hides its children below it.
+fn merged_view(
+    layers: &[LayerMap],
+    opaques: &[BTreeSet<String>],
+    from: usize,
+) -> BTreeMap<String, char> {
+    let mut out: BTreeMap<String, char> = BTreeMap::new();
+    let mut blocked: BTreeSet<String> = BTreeSet::new();
+    let mut opaque: BTreeSet<String> = BTreeSet::new();
+    for j in from..layers.len() {
+        for (p, k) in &layers[j] {
+            let hidden = blocked.contains(p)
+                || ancestors(p)
+                    .iter()
+                    .any(|a| blocked.contains(a) || opaque.contains(a));
+            if hidden || *k == 'w' {
+                continue;
+            }
+            out.entry(p.clone()).or_insert(*k);
+        }
+        for (p, k) in &layers[j] {
+            if *k != 'd' {
+                blocked.insert(p.clone());
+            }
+        }
+        opaque.extend(opaques[j].iter().cloned());
+    }
+    out
+}
+
 fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
     // A shared skeleton of directory paths: each layer takes a subset, so
     // many directories are merged across layers and some are lower-only.
     let mut skel: Vec<String> = Vec::new();
-    let ndirs = rng.gen_range(6..=10);
+    let ndirs = rng.gen_range(8..=14);
     while skel.len() < ndirs {
         let p = if skel.is_empty() || rng.gen_bool(0.3) {
             String::new()
@@ -1757,6 +1953,7 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
 
     let mut out = Vec::new();
     let mut layers: Vec<LayerMap> = vec![LayerMap::new(); n];
+    let mut opaques: Vec<BTreeSet<String>> = vec![BTreeSet::new(); n];
     let mut big = 0;
     let fifo_layer = rng.gen_range(0..n);
     // Bottom layer first, so upper layers can white out / make opaque what
@@ -1784,7 +1981,7 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
                 .map(|(p, _)| p.clone()),
         );
         for d in &dirs {
-            for _ in 0..rng.gen_range(0..=4) {
+            for _ in 0..rng.gen_range(0..=5) {
                 let p = join(d, VOCAB[rng.gen_range(0..VOCAB.len())]);
                 // Mostly avoid shadowing skeleton dirs with files, but keep a
                 // few type conflicts across layers.
@@ -1872,12 +2069,13 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
                 }
             }
         }
-        // What lies below this layer (union of the lower layers).
-        let below: BTreeMap<String, char> = layers[li + 1..]
-            .iter()
-            .flat_map(|l| l.iter().filter(|(_, k)| **k != 'w'))
-            .map(|(p, k)| (p.clone(), *k))
-            .collect();
+        // What the layers below show, merged as the kernel merges them.
+        // Whiteouts go only where that view has the name, so the directory
+        // holding them is merged: in a directory that only one layer
+        // provides (e.g. below an opaque one) the kernel lists whiteouts
+        // as character devices in readdir while lookup hides them, a
+        // kernel quirk plyfs does not copy.
+        let below = merged_view(&layers, &opaques, li + 1);
         if !below.is_empty() {
             let names: Vec<String> = below.keys().cloned().collect();
             // Whiteouts of lower names (and one of a name nothing has).
@@ -1906,9 +2104,12 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
                     .filter(|(p, k)| **k == 'd' && !p.is_empty())
                     .map(|(p, _)| p.clone())
                     .collect();
+                // Not above this layer's whiteouts (see `below`).
+                let no_whiteouts =
+                    |d: &String| !lm.iter().any(|(w, k)| *k == 'w' && is_under(w, d));
                 let existing: Vec<&String> = lower_dirs
                     .iter()
-                    .filter(|p| lm.get(*p) == Some(&'d'))
+                    .filter(|p| lm.get(*p) == Some(&'d') && no_whiteouts(p))
                     .collect();
                 let pick = if !existing.is_empty() {
                     Some(existing[rng.gen_range(0..existing.len())].clone())
@@ -1938,6 +2139,7 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
                     }
                 };
                 if let Some(p) = pick {
+                    opaques[li].insert(p.clone());
                     out.push(Build::Opaque { layer: li, path: p });
                 }
             }
@@ -2154,7 +2356,39 @@ enum Sig {
     /// Op name, plyfs outcome shape, kernel outcome shape.
     Op(String, String, String),
     Merged,
-    Upper,
+    /// The first upper difference: which side has it, or which fields
+    /// differ.
+    Upper(String),
+}
+
+/// Describes the first difference of two snapshots for [`Sig::Upper`].
+fn first_difference(a: &Snap, b: &Snap) -> String {
+    let keys: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        match (a.get(k), b.get(k)) {
+            (Some(x), None) => return format!("only plyfs: {}", x.kind),
+            (None, Some(y)) => return format!("only kernel: {}", y.kind),
+            (Some(x), Some(y)) if x != y => {
+                let mut f = Vec::new();
+                for (name, differs) in [
+                    ("kind", x.kind != y.kind),
+                    ("mode", x.mode != y.mode),
+                    ("owner", x.uid != y.uid || x.gid != y.gid),
+                    ("size", x.size != y.size),
+                    ("content", x.content != y.content),
+                    ("rdev", x.rdev != y.rdev),
+                    ("xattrs", x.xattrs != y.xattrs),
+                ] {
+                    if differs {
+                        f.push(name);
+                    }
+                }
+                return format!("differs: {}", f.join(","));
+            }
+            _ => {}
+        }
+    }
+    String::new()
 }
 
 fn op_name(op: &Op) -> String {
@@ -2209,8 +2443,14 @@ fn replay(nlayers: usize, spec: &[Build], ops: &[Op], variant: &Variant) -> Opti
     fsk.close_all();
     drop(plyfs);
     drop(kernel);
-    let d = upper_diff(&lp, &lk);
-    (!d.is_empty()).then(|| (Sig::Upper, format!("upper layers differ:\n{d}")))
+    let (up, uk) = upper_snapshots(&lp, &lk);
+    let d = diff_text(&up, &uk, "plyfs upper", "kernel upper", 40);
+    (!d.is_empty()).then(|| {
+        (
+            Sig::Upper(first_difference(&up, &uk)),
+            format!("upper layers differ:\n{d}"),
+        )
+    })
 }
 
 /// Removes chunks of `cur` while `fails` still holds (delta debugging, down
@@ -2292,6 +2532,12 @@ fn kernel_options(l: &Layers, variant: &Variant) -> String {
 /// Differences between the two upper layers (both unmounted), ignoring
 /// inode-specific xattrs and [`KNOWN_UPPER_DIVERGENCES`].
 fn upper_diff(lp: &Layers, lk: &Layers) -> String {
+    let (up, uk) = upper_snapshots(lp, lk);
+    diff_text(&up, &uk, "plyfs upper", "kernel upper", 40)
+}
+
+/// Snapshots of the two upper layers, normalized for comparison.
+fn upper_snapshots(lp: &Layers, lk: &Layers) -> (Snap, Snap) {
     let strip = |mut s: Snap| {
         for v in s.values_mut() {
             v.xattrs.retain(|(k, _)| !upper_xattr_ignored(k));
@@ -2303,7 +2549,7 @@ fn upper_diff(lp: &Layers, lk: &Layers) -> String {
     for (_, normalize) in KNOWN_UPPER_DIVERGENCES {
         normalize(&mut up, &mut uk);
     }
-    diff_text(&up, &uk, "plyfs upper", "kernel upper", 40)
+    (up, uk)
 }
 
 struct Run<'v> {
@@ -2457,6 +2703,7 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
     for i in 0..run.nops {
         let op = generator.next(&model);
         run.ops.push(op.clone());
+        model.prepare(&op);
         let rp = exec(&mut run.fsp, &op);
         let rk = exec(&mut run.fsk, &op);
         if run.trace {
@@ -2560,13 +2807,17 @@ fn differential_time_seed() {
         eprintln!("differential_time_seed: PLYFS_DIFF_SEED is set, nothing to do");
         return;
     }
-    let seed = std::time::SystemTime::now()
+    let base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64
         % 1_000_000_007;
-    eprintln!("differential_time_seed: seed {seed}");
-    for v in variants() {
-        run_seed(seed, nops(), v);
+    // PLYFS_DIFF_RANDOM=N runs N clock seeds (for longer local runs).
+    for i in 0..env_u64("PLYFS_DIFF_RANDOM").unwrap_or(1) {
+        let seed = base + i;
+        eprintln!("differential_time_seed: seed {seed}");
+        for v in variants() {
+            run_seed(seed, nops(), v);
+        }
     }
 }
