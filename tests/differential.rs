@@ -173,6 +173,7 @@ fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
 /// kernel mount, so a write through a symlink to such a file counts too.
 fn modifies_lower_hardlink(op: &Op, m: &Model) -> bool {
     let paths: Vec<&String> = match op {
+        Op::AsUser { op, .. } => return modifies_lower_hardlink(op, m),
         Op::Create { path, .. }
         | Op::Write { path, .. }
         | Op::Append { path, .. }
@@ -341,6 +342,15 @@ enum Op {
         path: String,
         mask: i32,
     },
+    /// Closes the kept fds and unmounts and remounts both filesystems, so
+    /// later operations see only what is on disk.
+    Remount,
+    /// `op` with the thread's fsuid/fsgid set to `id` (an unprivileged
+    /// caller: permission checks, no capabilities).
+    AsUser {
+        id: u32,
+        op: Box<Op>,
+    },
 }
 
 /// How [`Op::Open`] opens.
@@ -416,6 +426,7 @@ enum OpKind {
     FdReaddir,
     FdClose,
     Access,
+    Remount,
 }
 
 /// Relative frequencies of the operation kinds.
@@ -451,7 +462,13 @@ const WEIGHTS: &[(OpKind, u32)] = &[
     (OpKind::FdReaddir, 2),
     (OpKind::FdClose, 3),
     (OpKind::Access, 2),
+    (OpKind::Remount, 1),
 ];
+
+/// Share of path operations run as an unprivileged user ([`Op::AsUser`]).
+const AS_USER_SHARE: f64 = 0.12;
+/// The unprivileged user (and group) id.
+const USER_ID: u32 = 1000;
 
 /// What an operation observably did.
 #[derive(Clone, PartialEq, Eq)]
@@ -819,6 +836,22 @@ fn exec(fs: &mut FsState, op: &Op) -> Outcome {
             Ok(fd) => getdents(fd),
         },
         Op::FdClose { slot } => fs.close_slot(*slot),
+        Op::AsUser { id, op } => {
+            // Per-thread (the raw syscalls, not glibc's process-wide
+            // setuid); a non-zero fsuid also drops the file capabilities.
+            // SAFETY: plain syscalls.
+            unsafe {
+                libc::setfsgid(*id);
+                libc::setfsuid(*id);
+            }
+            let o = exec(fs, op);
+            // SAFETY: as above; back to root (capabilities come back).
+            unsafe {
+                libc::setfsuid(0);
+                libc::setfsgid(0);
+            }
+            o
+        }
         _ => exec_path(&fs.root, op),
     }
 }
@@ -877,7 +910,9 @@ fn exec_path(root: &Path, op: &Op) -> Outcome {
         | Op::FdTruncate { .. }
         | Op::FdStat { .. }
         | Op::FdReaddir { .. }
-        | Op::FdClose { .. } => unreachable!("fd ops run in exec"),
+        | Op::FdClose { .. }
+        | Op::AsUser { .. } => unreachable!("fd ops run in exec"),
+        Op::Remount => unreachable!("Pair::step remounts"),
         Op::Access { path, mask } => {
             // SAFETY: valid C string.
             check(unsafe { libc::access(cpath(root, path).as_ptr(), *mask) })
@@ -1139,6 +1174,10 @@ struct Model {
     /// Slots whose file lost the name it was opened by (unlinked, removed
     /// or renamed over).
     orphan: [bool; SLOTS],
+    /// Slots opened with O_DIRECTORY.
+    slot_dir: [bool; SLOTS],
+    /// User xattr names per path (as of the last refresh).
+    xattrs: BTreeMap<String, Vec<String>>,
     /// Resolved operand names of the op about to run ([`Model::prepare`]):
     /// they must be resolved before a rename moves symlinks around.
     pending: Vec<String>,
@@ -1153,6 +1192,17 @@ impl Model {
         self.live = snap
             .iter()
             .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.kind))
+            .collect();
+        self.xattrs = snap
+            .iter()
+            .filter(|(_, v)| !v.xattrs.is_empty())
+            .map(|(k, v)| {
+                let names = v
+                    .xattrs
+                    .iter()
+                    .map(|(n, _)| String::from_utf8_lossy(n).into_owned());
+                (String::from_utf8_lossy(k).into_owned(), names.collect())
+            })
             .collect();
         self.seen.extend(self.live.keys().cloned());
     }
@@ -1214,6 +1264,9 @@ impl Model {
 
     /// Call before running `op`.
     fn prepare(&mut self, op: &Op) {
+        if let Op::AsUser { op, .. } = op {
+            return self.prepare(op);
+        }
         self.pending = match op {
             Op::Unlink { path } | Op::Rmdir { path } => vec![self.resolve_parent(path)],
             Op::Rename { from, to, .. } => vec![self.resolve_parent(from), self.resolve_parent(to)],
@@ -1223,13 +1276,24 @@ impl Model {
 
     fn track_slots(&mut self, op: &Op, ok: bool) {
         match op {
-            Op::Open { slot, path, .. } => {
+            Op::AsUser { op, .. } => self.track_slots(op, ok),
+            Op::Remount => {
+                for i in 0..SLOTS {
+                    self.open[i] = false;
+                    self.slot_path[i] = None;
+                    self.orphan[i] = false;
+                    self.slot_dir[i] = false;
+                }
+            }
+            Op::Open { slot, path, mode } => {
                 self.open[*slot] = ok;
+                self.slot_dir[*slot] = ok && *mode == OpenMode::Directory;
                 self.slot_path[*slot] = ok.then(|| self.resolve(path));
                 self.orphan[*slot] = false;
             }
             Op::FdClose { slot } => {
                 self.open[*slot] = false;
+                self.slot_dir[*slot] = false;
                 self.slot_path[*slot] = None;
                 self.orphan[*slot] = false;
             }
@@ -1278,6 +1342,7 @@ impl Model {
             return;
         }
         match op {
+            Op::AsUser { op, .. } => self.apply(op, o),
             Op::Open {
                 path,
                 mode: OpenMode::CreateRw,
@@ -1572,6 +1637,28 @@ impl Gen {
     }
 
     fn generate(&mut self, m: &Model) -> Op {
+        let op = self.generate_one(m);
+        let fd_op = matches!(
+            op,
+            Op::FdRead { .. }
+                | Op::FdWrite { .. }
+                | Op::FdTruncate { .. }
+                | Op::FdStat { .. }
+                | Op::FdReaddir { .. }
+                | Op::FdClose { .. }
+                | Op::Remount
+        );
+        if !fd_op && self.chance(AS_USER_SHARE) {
+            Op::AsUser {
+                id: USER_ID,
+                op: Box::new(op),
+            }
+        } else {
+            op
+        }
+    }
+
+    fn generate_one(&mut self, m: &Model) -> Op {
         let not_dir = |k: char| k != 'd';
         let is_dir = |k: char| k == 'd';
         match self.kind() {
@@ -1687,7 +1774,11 @@ impl Gen {
                 }
             }
             OpKind::RemoveXattr => {
-                let path = self.target(m, |k| k == 'f' || k == 'd');
+                let with: Vec<&String> = m.xattrs.keys().collect();
+                let path = match self.pick(&with) {
+                    Some(p) if self.chance(0.6) => (*p).clone(),
+                    _ => self.target(m, |k| k == 'f' || k == 'd'),
+                };
                 Op::RemoveXattr {
                     name: self.xattr_name(m, &path),
                     path,
@@ -1739,6 +1830,7 @@ impl Gen {
                     mode,
                 }
             }
+            OpKind::Remount => Op::Remount,
             OpKind::Access => Op::Access {
                 path: self.target(m, |_| true),
                 mask: *self
@@ -1757,7 +1849,11 @@ impl Gen {
             | OpKind::FdStat
             | OpKind::FdReaddir
             | OpKind::FdClose) => {
-                let open: Vec<usize> = (0..SLOTS).filter(|i| m.open[*i]).collect();
+                // Directory fds for FdReaddir, others for the rest.
+                let want_dir = k == OpKind::FdReaddir;
+                let open: Vec<usize> = (0..SLOTS)
+                    .filter(|i| m.open[*i] && (k == OpKind::FdClose || m.slot_dir[*i] == want_dir))
+                    .collect();
                 // Mostly a slot that is open (EBADF is dull).
                 let slot = match self.pick(&open) {
                     Some(s) if self.chance(0.95) => *s,
@@ -1964,8 +2060,10 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
             if rng.gen_bool(0.6) && fits(&lm, d) {
                 add_ancestors(&mut out, &mut lm, li, d);
                 lm.insert(d.clone(), 'd');
-                let mode = *[0o755, 0o755, 0o700, 0o775]
-                    .get(rng.gen_range(0..4))
+                // Some world-writable (and sticky) directories, so that the
+                // unprivileged caller of `Op::AsUser` can do something.
+                let mode = *[0o755, 0o755, 0o700, 0o775, 0o777, 0o1777]
+                    .get(rng.gen_range(0..6))
                     .expect("mode");
                 out.push(Build::Dir {
                     layer: li,
@@ -2160,7 +2258,7 @@ fn gen_tree(rng: &mut SmallRng, n: usize) -> Vec<Build> {
                     value: pattern(rng.r#gen(), len),
                 });
             }
-            if rng.gen_bool(0.08) {
+            if rng.gen_bool(0.15) {
                 out.push(Build::Chown {
                     layer: li,
                     path: p.clone(),
@@ -2346,9 +2444,6 @@ fn upper_xattr_ignored(name: &[u8]) -> bool {
     .contains(&name)
 }
 
-/// Mounts both filesystems over fresh copies of `spec`, runs `ops`, and
-/// returns the first difference (per-op result, merged trees at the end,
-/// upper layers after unmounting), or None.
 /// The kind of a mismatch; the shrinker keeps only candidates that fail
 /// the same way, so it does not wander off to another bug.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -2359,15 +2454,18 @@ enum Sig {
     /// The first upper difference: which side has it, or which fields
     /// differ.
     Upper(String),
+    /// Which filesystem, mounted over what the other one wrote, showed
+    /// what.
+    Cross(String),
 }
 
-/// Describes the first difference of two snapshots for [`Sig::Upper`].
+/// Describes the first difference of two snapshots for [`Sig`].
 fn first_difference(a: &Snap, b: &Snap) -> String {
     let keys: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
     for k in keys {
         match (a.get(k), b.get(k)) {
-            (Some(x), None) => return format!("only plyfs: {}", x.kind),
-            (None, Some(y)) => return format!("only kernel: {}", y.kind),
+            (Some(x), None) => return format!("only first: {}", x.kind),
+            (None, Some(y)) => return format!("only second: {}", y.kind),
             (Some(x), Some(y)) if x != y => {
                 let mut f = Vec::new();
                 for (name, differs) in [
@@ -2392,8 +2490,11 @@ fn first_difference(a: &Snap, b: &Snap) -> String {
 }
 
 fn op_name(op: &Op) -> String {
+    if let Op::AsUser { op, .. } = op {
+        return format!("AsUser:{}", op_name(op));
+    }
     let d = format!("{op:?}");
-    d.split([' ', '{']).next().unwrap_or("?").to_string()
+    d.split([' ', '{', '(']).next().unwrap_or("?").to_string()
 }
 
 /// The errno name, or the kind of data.
@@ -2411,46 +2512,199 @@ fn op_sig(op: &Op, rp: &Outcome, rk: &Outcome) -> Sig {
     Sig::Op(op_name(op), shape(rp), shape(rk))
 }
 
-fn replay(nlayers: usize, spec: &[Build], ops: &[Op], variant: &Variant) -> Option<(Sig, String)> {
-    let lp = Layers::new(nlayers);
-    let lk = Layers::new(nlayers);
-    materialize_lenient(spec, &lp);
-    materialize_lenient(spec, &lk);
-    let plyfs = PlyfsMount::start(&lp.mnt, &plyfs_options(&lp, variant), &[]).ok()?;
-    let kernel = KernelMount::mount(&lk.mnt, &kernel_options(&lk, variant)).ok()?;
-    let mut fsp = FsState::new(&plyfs.mnt);
-    let mut fsk = FsState::new(&kernel.mnt);
-    for (i, op) in ops.iter().enumerate() {
-        let (rp, rk) = (exec(&mut fsp, op), exec(&mut fsk, op));
-        if rp != rk {
+fn plyfs_options(l: &Layers, variant: &Variant) -> String {
+    if variant.plyfs_opts.is_empty() {
+        l.options()
+    } else {
+        format!("{},{}", l.options(), variant.plyfs_opts)
+    }
+}
+
+fn kernel_options(l: &Layers, variant: &Variant) -> String {
+    if variant.kernel_opts.is_empty() {
+        l.options()
+    } else {
+        format!("{},{}", l.options(), variant.kernel_opts)
+    }
+}
+
+/// Snapshots of the two upper layers, normalized for comparison: without
+/// inode-specific xattrs and [`KNOWN_UPPER_DIVERGENCES`].
+fn upper_snapshots(lp: &Layers, lk: &Layers) -> (Snap, Snap) {
+    let strip = |mut s: Snap| {
+        for v in s.values_mut() {
+            v.xattrs.retain(|(k, _)| !upper_xattr_ignored(k));
+        }
+        s
+    };
+    let mut up = strip(snapshot(&lp.upper));
+    let mut uk = strip(snapshot(&lk.upper));
+    for (_, normalize) in KNOWN_UPPER_DIVERGENCES {
+        normalize(&mut up, &mut uk);
+    }
+    (up, uk)
+}
+
+/// Both filesystems over identical layer trees: plyfs over `lp`, the kernel
+/// over `lk`.
+struct Pair<'v> {
+    variant: &'v Variant,
+    // Field order is drop order: fds, then mounts, then the trees.
+    fsp: FsState,
+    fsk: FsState,
+    plyfs: Option<PlyfsMount>,
+    kernel: Option<KernelMount>,
+    lp: Option<Layers>,
+    lk: Option<Layers>,
+}
+
+impl<'v> Pair<'v> {
+    /// Builds the trees (`lenient` for the shrinker's partial specs) and
+    /// mounts both.
+    fn new(
+        nlayers: usize,
+        spec: &[Build],
+        lenient: bool,
+        variant: &'v Variant,
+    ) -> Result<Pair<'v>, String> {
+        let lp = Layers::new(nlayers);
+        let lk = Layers::new(nlayers);
+        for l in [&lp, &lk] {
+            if lenient {
+                materialize_lenient(spec, l);
+            } else {
+                materialize(spec, l);
+            }
+        }
+        for i in 0..nlayers {
+            let d = diff(&snapshot(lp.lower(i)), &snapshot(lk.lower(i)), "1", "2");
+            assert!(d.is_empty(), "layer copies differ (test bug):\n{d}");
+        }
+        let mut pair = Pair {
+            variant,
+            fsp: FsState::new(&lp.mnt),
+            fsk: FsState::new(&lk.mnt),
+            plyfs: None,
+            kernel: None,
+            lp: Some(lp),
+            lk: Some(lk),
+        };
+        pair.mount()?;
+        Ok(pair)
+    }
+
+    fn lp(&self) -> &Layers {
+        self.lp.as_ref().expect("layers")
+    }
+
+    fn lk(&self) -> &Layers {
+        self.lk.as_ref().expect("layers")
+    }
+
+    fn mount(&mut self) -> Result<(), String> {
+        let (lp, lk) = (self.lp(), self.lk());
+        let p = PlyfsMount::start(&lp.mnt, &plyfs_options(lp, self.variant), &[])?;
+        let k = KernelMount::mount(&lk.mnt, &kernel_options(lk, self.variant))?;
+        self.plyfs = Some(p);
+        self.kernel = Some(k);
+        Ok(())
+    }
+
+    /// Closes the kept fds and unmounts both.
+    fn unmount(&mut self) {
+        self.fsp.close_all();
+        self.fsk.close_all();
+        self.plyfs.take();
+        self.kernel.take();
+    }
+
+    fn plyfs_log(&self) -> String {
+        self.plyfs.as_ref().map(|m| m.log()).unwrap_or_default()
+    }
+
+    /// Runs `op` on both.
+    fn step(&mut self, op: &Op) -> (Outcome, Outcome) {
+        if let Op::Remount = op {
+            self.unmount();
+            if let Err(e) = self.mount() {
+                panic!("remount failed: {e}");
+            }
+            return (Outcome::Done, Outcome::Done);
+        }
+        (exec(&mut self.fsp, op), exec(&mut self.fsk, op))
+    }
+
+    /// The merged trees (plyfs, kernel).
+    fn snapshots(&self) -> (Snap, Snap) {
+        (snapshot(&self.lp().mnt), snapshot(&self.lk().mnt))
+    }
+
+    /// Ends the run: unmounts, compares the upper layers, then mounts each
+    /// filesystem over the layers the other one wrote (they must be
+    /// interchangeable): both must show `expected`.
+    fn finish(&mut self, expected: &Snap) -> Option<(Sig, String)> {
+        self.unmount();
+        let (up, uk) = upper_snapshots(self.lp(), self.lk());
+        let d = diff_text(&up, &uk, "plyfs upper", "kernel upper", 40);
+        if !d.is_empty() {
             return Some((
-                op_sig(op, &rp, &rk),
-                format!("op #{i} {op:?}: plyfs {rp:?}, kernel {rk:?}"),
+                Sig::Upper(first_difference(&up, &uk)),
+                format!("upper layers differ:\n{d}"),
             ));
         }
+        let (lp, lk) = (self.lp(), self.lk());
+        let seen = match KernelMount::mount(&lp.mnt, &kernel_options(lp, self.variant)) {
+            Ok(k) => snapshot(&k.mnt),
+            Err(e) => {
+                let what = format!("kernel overlayfs cannot mount the layers plyfs wrote: {e}");
+                return Some((Sig::Cross("kernel mount".into()), what));
+            }
+        };
+        let d = diff_text(&seen, expected, "kernel over plyfs's upper", "expected", 40);
+        if !d.is_empty() {
+            let sig = Sig::Cross(format!("kernel: {}", first_difference(&seen, expected)));
+            return Some((sig, format!("kernel mounted over plyfs's upper:\n{d}")));
+        }
+        let seen = match PlyfsMount::start(&lk.mnt, &plyfs_options(lk, self.variant), &[]) {
+            Ok(p) => snapshot(&p.mnt),
+            Err(e) => {
+                let what = format!("plyfs cannot mount the layers the kernel wrote: {e}");
+                return Some((Sig::Cross("plyfs mount".into()), what));
+            }
+        };
+        let d = diff_text(
+            &seen,
+            expected,
+            "plyfs over the kernel's upper",
+            "expected",
+            40,
+        );
+        if !d.is_empty() {
+            let sig = Sig::Cross(format!("plyfs: {}", first_difference(&seen, expected)));
+            return Some((sig, format!("plyfs mounted over the kernel's upper:\n{d}")));
+        }
+        None
     }
-    let d = diff_text(
-        &snapshot(&plyfs.mnt),
-        &snapshot(&kernel.mnt),
-        "plyfs",
-        "kernel",
-        10,
-    );
+}
+
+/// Mounts both filesystems over fresh copies of `spec`, runs `ops`, and
+/// returns the first difference (per-op result, merged trees at the end,
+/// upper layers and cross-mounts after unmounting), or None.
+fn replay(nlayers: usize, spec: &[Build], ops: &[Op], variant: &Variant) -> Option<(Sig, String)> {
+    let mut pair = Pair::new(nlayers, spec, true, variant).ok()?;
+    for (i, op) in ops.iter().enumerate() {
+        let (rp, rk) = pair.step(op);
+        if rp != rk {
+            let what = format!("op #{i} {op:?}: plyfs {rp:?}, kernel {rk:?}");
+            return Some((op_sig(op, &rp, &rk), what));
+        }
+    }
+    let (sp, sk) = pair.snapshots();
+    let d = diff_text(&sp, &sk, "plyfs", "kernel", 10);
     if !d.is_empty() {
         return Some((Sig::Merged, format!("merged trees differ:\n{d}")));
     }
-    fsp.close_all();
-    fsk.close_all();
-    drop(plyfs);
-    drop(kernel);
-    let (up, uk) = upper_snapshots(&lp, &lk);
-    let d = diff_text(&up, &uk, "plyfs upper", "kernel upper", 40);
-    (!d.is_empty()).then(|| {
-        (
-            Sig::Upper(first_difference(&up, &uk)),
-            format!("upper layers differ:\n{d}"),
-        )
-    })
+    pair.finish(&sk)
 }
 
 /// Removes chunks of `cur` while `fails` still holds (delta debugging, down
@@ -2513,45 +2767,7 @@ fn shrink(nlayers: usize, spec: &[Build], ops: &[Op], variant: &Variant) -> Stri
     )
 }
 
-fn plyfs_options(l: &Layers, variant: &Variant) -> String {
-    if variant.plyfs_opts.is_empty() {
-        l.options()
-    } else {
-        format!("{},{}", l.options(), variant.plyfs_opts)
-    }
-}
-
-fn kernel_options(l: &Layers, variant: &Variant) -> String {
-    if variant.kernel_opts.is_empty() {
-        l.options()
-    } else {
-        format!("{},{}", l.options(), variant.kernel_opts)
-    }
-}
-
-/// Differences between the two upper layers (both unmounted), ignoring
-/// inode-specific xattrs and [`KNOWN_UPPER_DIVERGENCES`].
-fn upper_diff(lp: &Layers, lk: &Layers) -> String {
-    let (up, uk) = upper_snapshots(lp, lk);
-    diff_text(&up, &uk, "plyfs upper", "kernel upper", 40)
-}
-
-/// Snapshots of the two upper layers, normalized for comparison.
-fn upper_snapshots(lp: &Layers, lk: &Layers) -> (Snap, Snap) {
-    let strip = |mut s: Snap| {
-        for v in s.values_mut() {
-            v.xattrs.retain(|(k, _)| !upper_xattr_ignored(k));
-        }
-        s
-    };
-    let mut up = strip(snapshot(&lp.upper));
-    let mut uk = strip(snapshot(&lk.upper));
-    for (_, normalize) in KNOWN_UPPER_DIVERGENCES {
-        normalize(&mut up, &mut uk);
-    }
-    (up, uk)
-}
-
+/// One seeded run: the pair of mounts plus what is needed to report.
 struct Run<'v> {
     seed: u64,
     nlayers: usize,
@@ -2561,16 +2777,12 @@ struct Run<'v> {
     nops: usize,
     variant: &'v Variant,
     trace: bool,
-    // Field order is drop order: fds, then mounts, then the trees.
-    fsp: FsState,
-    fsk: FsState,
-    plyfs: Option<PlyfsMount>,
-    kernel: Option<KernelMount>,
-    lp: Option<Layers>,
-    lk: Option<Layers>,
+    pair: Pair<'v>,
     history: Vec<String>,
     /// Per operation name: (succeeded, failed) on the kernel.
     stats: BTreeMap<String, (u32, u32)>,
+    /// The kernel's merged tree at the last comparison.
+    last: Snap,
 }
 
 impl Run<'_> {
@@ -2583,14 +2795,14 @@ impl Run<'_> {
 
     /// Unmounts, optionally keeps the trees, and panics with `what`.
     fn fail(&mut self, what: String, ops_to_replay: usize) -> ! {
-        let log = self.plyfs.as_ref().map(|m| m.log()).unwrap_or_default();
-        self.fsp.close_all();
-        self.fsk.close_all();
-        self.plyfs.take();
-        self.kernel.take();
+        let log = self.pair.plyfs_log();
+        self.pair.unmount();
         let mut kept = String::new();
         if env_flag("PLYFS_DIFF_KEEP") {
-            for (name, l) in [("plyfs", self.lp.take()), ("kernel", self.lk.take())] {
+            for (name, l) in [
+                ("plyfs", self.pair.lp.take()),
+                ("kernel", self.pair.lk.take()),
+            ] {
                 if let Some(l) = l {
                     let Layers { dir, .. } = l;
                     kept += &format!("kept {name} trees in {}\n", dir.keep().display());
@@ -2618,24 +2830,15 @@ impl Run<'_> {
     }
 
     fn compare_snapshots(&mut self, after: usize) {
-        let pm = self.plyfs.as_ref().expect("plyfs").mnt.clone();
-        let km = self.kernel.as_ref().expect("kernel").mnt.clone();
-        let (sp, sk) = (snapshot(&pm), snapshot(&km));
+        let (sp, sk) = self.pair.snapshots();
         let d = diff_text(&sp, &sk, "plyfs", "kernel", 40);
         if !d.is_empty() {
             // An empty side usually means the walk itself failed.
-            let root_p = exec_path(
-                &pm,
-                &Op::Readdir {
-                    path: String::new(),
-                },
-            );
-            let root_k = exec_path(
-                &km,
-                &Op::Readdir {
-                    path: String::new(),
-                },
-            );
+            let root = Op::Readdir {
+                path: String::new(),
+            };
+            let root_p = exec_path(&self.pair.lp().mnt, &root);
+            let root_k = exec_path(&self.pair.lk().mnt, &root);
             self.fail(
                 format!(
                     "merged trees differ after {after} ops:\n{d}\n\
@@ -2644,6 +2847,7 @@ impl Run<'_> {
                 after.max(1),
             );
         }
+        self.last = sk;
     }
 }
 
@@ -2652,23 +2856,8 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
     let mut trng = SmallRng::seed_from_u64(seed);
     let nlayers = trng.gen_range(2..=3);
     let spec = gen_tree(&mut trng, nlayers);
-    let lp = Layers::new(nlayers);
-    let lk = Layers::new(nlayers);
-    materialize(&spec, &lp);
-    materialize(&spec, &lk);
-    for i in 0..nlayers {
-        let d = diff(
-            &snapshot(lp.lower(i)),
-            &snapshot(lk.lower(i)),
-            "copy1",
-            "copy2",
-        );
-        assert!(d.is_empty(), "layer copies differ (test bug):\n{d}");
-    }
-    let plyfs = PlyfsMount::start(&lp.mnt, &plyfs_options(&lp, variant), &[]).expect("mount plyfs");
-    let kernel = KernelMount::mount(&lk.mnt, &kernel_options(&lk, variant)).expect("mount overlay");
-    let pm = plyfs.mnt.clone();
-    let km = kernel.mnt.clone();
+    let pair = Pair::new(nlayers, &spec, false, variant).expect("mount");
+    let km = pair.lk().mnt.clone();
     let mut run = Run {
         seed,
         nlayers,
@@ -2677,14 +2866,10 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
         nops,
         variant,
         trace: env_flag("PLYFS_DIFF_TRACE"),
-        plyfs: Some(plyfs),
-        kernel: Some(kernel),
-        lp: Some(lp),
-        lk: Some(lk),
-        fsp: FsState::new(&pm),
-        fsk: FsState::new(&km),
+        pair,
         history: Vec::new(),
         stats: BTreeMap::new(),
+        last: Snap::new(),
     };
     run.compare_snapshots(0);
     let mut model = Model {
@@ -2698,14 +2883,14 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
             .collect(),
         ..Model::default()
     };
-    model.refresh(&snapshot(&km));
+    model.refresh(&run.last);
+    let initial = model.live.len();
     let mut generator = Gen::new(seed, variant);
     for i in 0..run.nops {
         let op = generator.next(&model);
         run.ops.push(op.clone());
         model.prepare(&op);
-        let rp = exec(&mut run.fsp, &op);
-        let rk = exec(&mut run.fsk, &op);
+        let (rp, rk) = run.pair.step(&op);
         if run.trace {
             eprintln!("#{i}: {op:?}\n    plyfs  {rp:?}\n    kernel {rk:?}");
         }
@@ -2728,26 +2913,17 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
         model.apply(&op, &rk);
         if (i + 1) % SNAPSHOT_EVERY == 0 || i + 1 == run.nops {
             run.compare_snapshots(i + 1);
-            model.refresh(&snapshot(&km));
+            model.refresh(&run.last);
         }
     }
-    // Unmount both and compare what they left in their upper layers.
-    run.fsp.close_all();
-    run.fsk.close_all();
-    run.plyfs.take();
-    run.kernel.take();
-    let d = upper_diff(
-        run.lp.as_ref().expect("layers"),
-        run.lk.as_ref().expect("layers"),
-    );
-    if !d.is_empty() {
+    let expected = std::mem::take(&mut run.last);
+    if let Some((_, what)) = run.pair.finish(&expected) {
         let n = run.nops;
-        run.fail(format!("upper layers differ after {n} ops:\n{d}"), n);
+        run.fail(format!("after {n} ops: {what}"), n);
     }
     eprintln!(
-        "differential: variant {} seed {seed}: {} layers, {} ops, {} paths at end, ok in {:.1?}",
+        "differential: variant {} seed {seed}: {nlayers} layers, {} ops, {initial} -> {} paths, ok in {:.1?}",
         variant.name,
-        nlayers,
         run.nops,
         model.live.len(),
         started.elapsed()
