@@ -102,14 +102,19 @@ const KNOWN_DIVERGENCES: &[Divergence] = &[
         "plyfs bug: mknod of a 0/0 character device succeeds (the kernel \
          refuses with EPERM: it would be a whiteout); the new name is then \
          missing from readdir but stat-able",
-        |op, _| matches!(op, Op::Mknod { kind: 'w', .. }),
+        |op, _| match op {
+            Op::AsUser { op, .. } => matches!(**op, Op::Mknod { kind: 'w', .. }),
+            op => matches!(op, Op::Mknod { kind: 'w', .. }),
+        },
     ),
     (
-        "plyfs bug: link() does not mark the new name's directory impure \
-         (trusted.overlay.impure); after a remount a copied-up file's name \
-         there gets a new st_ino and, with several names, separate nodes \
-         (a chown/write through one name is not seen through the other)",
-        links_copied_up_across_dirs,
+        "plyfs bug: plyfs reads overlay.origin of an upper non-directory only \
+         when its directory is impure (the kernel always does), and link() \
+         does not mark the new name's directory impure: after a remount, a \
+         copied-up file there gets a new st_ino and its names in impure and \
+         other directories become separate nodes (a chown/write through one \
+         name is not seen through the other)",
+        origin_outside_impure,
     ),
     (
         "plyfs bug: fstat/ftruncate (and fchmod, fchown, futimens, \
@@ -212,20 +217,22 @@ fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
     }
 }
 
-/// A remount while plyfs's upper lacks impure markers the kernel's has, or
-/// (after a remount) a new link in another directory to a file copied up
-/// before.
-fn links_copied_up_across_dirs(op: &Op, m: &Model) -> bool {
+/// A remount while plyfs's upper has a copied-up non-directory (with an
+/// origin) in a directory that is not impure, or (after a remount) a link
+/// to a copied-up file from a directory that is impure into one that is not
+/// (or the other way round).
+fn origin_outside_impure(op: &Op, m: &Model) -> bool {
     match op {
-        Op::AsUser { op, .. } => links_copied_up_across_dirs(op, m),
-        Op::Remount => {
-            let missing = m.impure_dirs(&m.kernel_upper);
-            !missing.is_subset(&m.impure_dirs(&m.plyfs_upper))
-        }
+        Op::AsUser { op, .. } => origin_outside_impure(op, m),
+        Op::Remount => m.plyfs_origin_outside_impure(),
         Op::Link { from, to } if m.remounted => {
             let src = m.resolve(from);
-            parent(&src) != m.resolve(parent(to))
-                && get_xattr(&m.kernel_upper.join(&src), "trusted.overlay.origin").is_ok()
+            let impure =
+                |d: &str| get_xattr(&m.plyfs_upper.join(d), "trusted.overlay.impure").is_ok();
+            impure(parent(&src)) != impure(&m.resolve(parent(to)))
+                && [&m.kernel_upper, &m.plyfs_upper]
+                    .iter()
+                    .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
         }
         _ => false,
     }
@@ -1275,21 +1282,21 @@ impl Model {
         self.seen.extend(self.live.keys().cloned());
     }
 
-    /// Directories below `upper` marked `trusted.overlay.impure`.
-    fn impure_dirs(&self, upper: &Path) -> BTreeSet<PathBuf> {
-        let mut out = BTreeSet::new();
-        let mut todo = vec![upper.to_path_buf()];
+    /// Whether plyfs's upper has a non-directory with an origin xattr in a
+    /// directory without the impure marker.
+    fn plyfs_origin_outside_impure(&self) -> bool {
+        let mut todo = vec![self.plyfs_upper.clone()];
         while let Some(d) = todo.pop() {
-            if get_xattr(&d, "trusted.overlay.impure").is_ok() {
-                out.insert(d.strip_prefix(upper).expect("prefix").to_path_buf());
-            }
+            let impure = get_xattr(&d, "trusted.overlay.impure").is_ok();
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     todo.push(e.path());
+                } else if !impure && get_xattr(&e.path(), "trusted.overlay.origin").is_ok() {
+                    return true;
                 }
             }
         }
-        out
+        false
     }
 
     /// `p` with symlinks resolved on the kernel mount (or `p` itself when
