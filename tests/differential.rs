@@ -217,22 +217,20 @@ fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
     }
 }
 
-/// A remount while plyfs's upper has a copied-up non-directory (with an
-/// origin) in a directory that is not impure, or (after a remount) a link
-/// to a copied-up file from a directory that is impure into one that is not
-/// (or the other way round).
+/// Keeps copied-up files away from remounts where plyfs gets them wrong: a
+/// remount while plyfs's upper has a copied-up non-directory (with an
+/// origin) in a directory that is not impure, or any copied-up
+/// non-directory with hard links; and, after a remount, links to copied-up
+/// files.
 fn origin_outside_impure(op: &Op, m: &Model) -> bool {
     match op {
         Op::AsUser { op, .. } => origin_outside_impure(op, m),
         Op::Remount => m.plyfs_origin_outside_impure(),
-        Op::Link { from, to } if m.remounted => {
+        Op::Link { from, .. } if m.remounted => {
             let src = m.resolve(from);
-            let impure =
-                |d: &str| get_xattr(&m.plyfs_upper.join(d), "trusted.overlay.impure").is_ok();
-            impure(parent(&src)) != impure(&m.resolve(parent(to)))
-                && [&m.kernel_upper, &m.plyfs_upper]
-                    .iter()
-                    .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
+            [&m.kernel_upper, &m.plyfs_upper]
+                .iter()
+                .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
         }
         _ => false,
     }
@@ -1283,16 +1281,23 @@ impl Model {
     }
 
     /// Whether plyfs's upper has a non-directory with an origin xattr in a
-    /// directory without the impure marker.
+    /// directory without the impure marker, or either upper has one with
+    /// hard links.
     fn plyfs_origin_outside_impure(&self) -> bool {
-        let mut todo = vec![self.plyfs_upper.clone()];
-        while let Some(d) = todo.pop() {
-            let impure = get_xattr(&d, "trusted.overlay.impure").is_ok();
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    todo.push(e.path());
-                } else if !impure && get_xattr(&e.path(), "trusted.overlay.origin").is_ok() {
-                    return true;
+        use std::os::unix::fs::MetadataExt;
+        for upper in [&self.plyfs_upper, &self.kernel_upper] {
+            let mut todo = vec![upper.clone()];
+            while let Some(d) = todo.pop() {
+                let impure = get_xattr(&d, "trusted.overlay.impure").is_ok();
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let Ok(md) = e.metadata() else { continue };
+                    if md.is_dir() {
+                        todo.push(e.path());
+                    } else if get_xattr(&e.path(), "trusted.overlay.origin").is_ok()
+                        && (md.nlink() > 1 || (!impure && upper == &self.plyfs_upper))
+                    {
+                        return true;
+                    }
                 }
             }
         }
