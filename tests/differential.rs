@@ -146,6 +146,22 @@ const KNOWN_DIVERGENCES: &[Divergence] = &[
          unlinked (the kernel reads the copied-up file)",
         |op, m| matches!(op, Op::FdRead { slot, .. } if m.orphan[*slot]),
     ),
+    (
+        "plyfs bug: open(O_TRUNC) by an unprivileged caller does not clear \
+         the setuid/setgid bits (truncate(2) and write(2) do; the kernel \
+         clears them in all three cases)",
+        |op, _| match op {
+            Op::AsUser { op, .. } => matches!(
+                **op,
+                Op::Create { trunc: true, .. }
+                    | Op::Open {
+                        mode: OpenMode::RwTrunc,
+                        ..
+                    }
+            ),
+            _ => false,
+        },
+    ),
 ];
 
 /// Known differences in what plyfs leaves in the upper layer (the merged
