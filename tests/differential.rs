@@ -264,7 +264,8 @@ fn origin_outside_impure(op: &Op, m: &Model) -> bool {
         Op::AsUser { op, .. } => origin_outside_impure(op, m),
         Op::Remount => m.plyfs_origin_outside_impure(),
         Op::Link { from, .. } if m.remounted => {
-            let src = m.resolve(from);
+            // link() does not follow a final symlink.
+            let src = m.resolve_parent(from);
             [&m.kernel_upper, &m.plyfs_upper]
                 .iter()
                 .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
