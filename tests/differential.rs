@@ -147,6 +147,12 @@ const KNOWN_DIVERGENCES: &[Divergence] = &[
         |op, m| matches!(op, Op::FdRead { slot, .. } if m.orphan[*slot]),
     ),
     (
+        "plyfs bug: after a remount, RENAME_EXCHANGE of a copied-up file \
+         with another name, then renaming it again, leaves the new name \
+         failing lookup with ENOENT (readdir lists it)",
+        exchange_copied_up_after_remount,
+    ),
+    (
         "plyfs bug: open(O_TRUNC) by an unprivileged caller does not clear \
          the setuid/setgid bits (truncate(2) and write(2) do; the kernel \
          clears them in all three cases)",
@@ -269,6 +275,21 @@ fn origin_outside_impure(op: &Op, m: &Model) -> bool {
             [&m.kernel_upper, &m.plyfs_upper]
                 .iter()
                 .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
+        }
+        _ => false,
+    }
+}
+
+fn exchange_copied_up_after_remount(op: &Op, m: &Model) -> bool {
+    match op {
+        Op::AsUser { op, .. } => exchange_copied_up_after_remount(op, m),
+        Op::Rename { from, to, flags } if m.remounted && *flags & libc::RENAME_EXCHANGE != 0 => {
+            [from, to].iter().any(|p| {
+                let p = m.resolve_parent(p);
+                [&m.kernel_upper, &m.plyfs_upper]
+                    .iter()
+                    .any(|u| get_xattr(&u.join(&p), "trusted.overlay.origin").is_ok())
+            })
         }
         _ => false,
     }
