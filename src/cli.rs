@@ -19,7 +19,9 @@ Mount options (-o, comma separated):
   workdir=DIR         empty directory on the upper's filesystem, for staging
   volatile, fsync=0   never fsync (for throwaway containers)
   userxattr           write user.overlay.* markers instead of trusted.overlay.*
-  uidmapping=C:H:S[:C:H:S...], gidmapping=...   show host id H+i as C+i
+  uidmapping=C:H:S[:C:H:S...], gidmapping=...   ids C+i in the layers show as H+i
+                      (as fuse-overlayfs; a user namespace mapping C->H then sees C+i)
+  xattr_permissions=0|1|2   keep owner/mode in user.fuseoverlayfs/containers.override_stat
   squash_to_root, squash_to_uid=N, squash_to_gid=N   show every file as owned by N
   static_nlink        report directory link counts as 1
   noacl               disable POSIX ACLs

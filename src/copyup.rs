@@ -12,6 +12,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::fs::{Plyfs, Result};
 use crate::lower::LowerObj;
@@ -31,6 +32,31 @@ impl Plyfs {
         self.copy_up_opts(node, true)
     }
 
+    /// Copies a directory and everything visible in it up, then makes it
+    /// opaque: afterwards it no longer depends on the lower layers and can
+    /// move without a redirect.
+    pub fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
+        self.copy_up(node)?;
+        if !node.is_dir() {
+            return Ok(());
+        }
+        let listing = self.build_listing(node)?;
+        for e in &listing.entries {
+            let name = Name::new(&e.name)?;
+            let child = self.node_at(node, &name)?;
+            self.copy_up_tree(&child)?;
+        }
+        let (pfd, name) = self.upper_loc(node)?;
+        self.set_opaque(pfd.as_fd(), &name)?;
+        let mut s = node.state.write();
+        s.opaque = true;
+        s.lowers = Arc::from(Vec::new());
+        s.stack_checked = true;
+        drop(s);
+        node.touch_version();
+        Ok(())
+    }
+
     /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
     /// (the caller truncates the file to zero right after).
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
@@ -40,18 +66,24 @@ impl Plyfs {
         self.upper_layer()?;
         let (parent, name) = self.parent_of(node)?;
         self.copy_up(&parent)?;
+        let lower = node.top_lower()?;
+        let lst = lower.stat()?;
+        // Other names of a multiply-linked lower file get linked to the copy.
+        let siblings = if !node.is_dir() && lst.nlink > 1 {
+            self.lower_siblings(&lower, (&parent, &name))?
+        } else {
+            Vec::new()
+        };
         let _g = node.copy_lock.lock();
         if node.has_upper() {
             return Ok(());
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
-        self.copy_up_locked(node, &parent, &name, &lower, data)
+        self.copy_up_locked(node, &parent, &name, &lower, &lst, data)?;
+        if !siblings.is_empty() {
+            let pfd = self.upper_dir_fd(&parent)?;
+            self.link_siblings(node, (&pfd, &name), &siblings);
+        }
+        Ok(())
     }
 
     fn copy_up_locked(
@@ -60,11 +92,12 @@ impl Plyfs {
         parent: &Arc<Node>,
         name: &Name,
         lower: &Arc<LowerObj>,
+        lst: &Stat,
         data: bool,
     ) -> Result<()> {
         let work = self.work()?;
         let (lpfd, lname) = lower.locate()?;
-        let st = sys::fs::lstatat(lpfd.as_fd(), lname.as_cstr())?;
+        let st = *lst;
         if st.file_type() != node.kind {
             log::warn!("lower object of {node:?} changed type under the mount");
             return Err(Errno::ESTALE);
@@ -167,7 +200,9 @@ impl Plyfs {
                 )?;
                 if data && st.size > 0 {
                     let input = open_lower_for_read(lpfd, lname)?;
-                    copy_data(input.as_fd(), out.as_fd(), st.size)?;
+                    // Fully allocated files have no holes to look for.
+                    let sparse = st.blocks * 512 < st.size;
+                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse)?;
                 }
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
                 sys::fs::fchmod(out.as_fd(), perm)?;
@@ -300,13 +335,37 @@ pub fn copy_xattrs(
 }
 
 /// Copies `size` bytes of file data: shares extents when the filesystem
-/// can (FICLONE), else copies only the data segments so holes stay holes,
-/// with `copy_file_range` or plain reads and writes.
-pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> Result<()> {
-    if sys::io::ficlone(out, input).is_ok() {
-        return Ok(());
+/// can (FICLONE), else copies with `copy_file_range` or plain reads and
+/// writes; for `sparse` files only the data segments, so holes stay holes.
+pub fn copy_data(
+    input: BorrowedFd<'_>,
+    out: BorrowedFd<'_>,
+    size: u64,
+    sparse: bool,
+) -> Result<()> {
+    // 0: not tried yet, 1: works, 2: the filesystem cannot share extents.
+    static FICLONE: AtomicU8 = AtomicU8::new(0);
+    if FICLONE.load(Ordering::Relaxed) != 2 {
+        match sys::io::ficlone(out, input) {
+            Ok(()) => {
+                FICLONE.store(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e)
+                if matches!(
+                    e.code(),
+                    libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::EXDEV
+                ) =>
+            {
+                FICLONE.store(2, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
     }
-    let mut use_cfr = true;
+    if !sparse {
+        copy_range(input, out, 0, size)?;
+        return sys::io::ftruncate(out, size);
+    }
     let mut pos: u64 = 0;
     while pos < size {
         let data = match sys::io::lseek(input, pos as i64, libc::SEEK_DATA) {
@@ -320,32 +379,7 @@ pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> Resul
             Ok(h) => (h as u64).min(size),
             Err(_) => size,
         };
-        let mut off = data;
-        while off < hole {
-            let want = ((hole - off) as usize).min(CHUNK * 16);
-            let n = if use_cfr {
-                match sys::io::copy_file_range(input, off, out, off, want) {
-                    Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.code(),
-                            libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP
-                        ) =>
-                    {
-                        use_cfr = false;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                copy_chunk(input, out, off, want.min(CHUNK))?
-            };
-            if n == 0 {
-                // The file shrank under us: stop at what exists.
-                break;
-            }
-            off += n as u64;
-        }
+        copy_range(input, out, data, hole)?;
         if hole <= pos {
             break;
         }
@@ -353,6 +387,39 @@ pub fn copy_data(input: BorrowedFd<'_>, out: BorrowedFd<'_>, size: u64) -> Resul
     }
     // Trailing holes and the exact size.
     sys::io::ftruncate(out, size)
+}
+
+/// Copies bytes `from..to` (same offsets in both files), with
+/// `copy_file_range` where the kernel can, else with reads and writes.
+fn copy_range(input: BorrowedFd<'_>, out: BorrowedFd<'_>, from: u64, to: u64) -> Result<()> {
+    let mut use_cfr = true;
+    let mut off = from;
+    while off < to {
+        let want = ((to - off) as usize).min(CHUNK * 16);
+        let n = if use_cfr {
+            match sys::io::copy_file_range(input, off, out, off, want) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP
+                    ) =>
+                {
+                    use_cfr = false;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            copy_chunk(input, out, off, want.min(CHUNK))?
+        };
+        if n == 0 {
+            // The file shrank under us: stop at what exists.
+            break;
+        }
+        off += n as u64;
+    }
+    Ok(())
 }
 
 fn copy_chunk(input: BorrowedFd<'_>, out: BorrowedFd<'_>, off: u64, len: usize) -> Result<usize> {

@@ -27,7 +27,7 @@ pub struct MountRequest {
     pub foreground: bool,
 }
 
-const SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+const SIGNALS: [i32; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1];
 
 /// Runs plyfs; returns the process exit code.
 pub fn run(req: MountRequest) -> i32 {
@@ -66,14 +66,11 @@ pub fn run(req: MountRequest) -> i32 {
         Ok(sys::process::Fork::Child) => {
             drop(rd);
             let _ = sys::process::setsid();
+            // Errors before the mount is live reach the parent, which prints
+            // them; later ones would go to stderr, which is /dev/null by then.
             match serve(&req, checked, Some(wr)) {
                 Ok(()) => 0,
-                Err(msg) => {
-                    // The parent printed it when the pipe was still open;
-                    // otherwise it goes to the log.
-                    log::error!("{msg}");
-                    1
-                }
+                Err(_) => 1,
             }
         }
     }
@@ -250,16 +247,39 @@ fn serve(
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
         .spawn(move || {
-            if let Ok(sig) = sys::process::wait_signal(&SIGNALS) {
+            while let Ok(sig) = sys::process::wait_signal(&SIGNALS) {
+                if sig == libc::SIGUSR1 {
+                    log::info!("requests: {}", crate::stats::summary());
+                    continue;
+                }
                 log::info!("signal {sig}: unmounting");
                 if unmounter.unmount().is_err() {
                     lazy_unmount(&mountpoint);
                 }
+                break;
             }
         });
-    session
+    let res = session
         .run()
-        .map_err(|e| format!("session ended with an error: {e}"))
+        .map_err(|e| format!("session ended with an error: {e}"));
+    log::info!("requests: {}", crate::stats::summary());
+    res
+}
+
+/// Mounts in this process and serves from background threads; the mount
+/// lasts until the returned session is dropped or unmounted. For embedding
+/// plyfs (the demo uses it); the command line uses [`run`].
+pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
+    let checked = crate::setup::validate(&req.options, &req.mountpoint)?;
+    let limit = sys::process::raise_nofile_limit(1 << 20);
+    crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
+    let fs = Arc::new(crate::setup::build(&req.options, checked)?);
+    let config = mount_config(&req.options, &req.source, fs.read_only());
+    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config)
+        .map_err(|e| mount_error(&e))?;
+    session
+        .spawn()
+        .map_err(|e| format!("cannot start the session: {e}"))
 }
 
 fn lazy_unmount(mountpoint: &Path) {

@@ -44,6 +44,8 @@ pub struct FdSlot {
     fd: Mutex<Option<Arc<OwnedFd>>>,
     used: AtomicBool,
     pinned: bool,
+    /// A descriptor was cached once (later opens are reopens to verify).
+    filled_once: AtomicBool,
 }
 
 impl Default for FdSlot {
@@ -58,6 +60,7 @@ impl FdSlot {
             fd: Mutex::new(None),
             used: AtomicBool::new(false),
             pinned: false,
+            filled_once: AtomicBool::new(false),
         }
     }
 
@@ -66,6 +69,7 @@ impl FdSlot {
             fd: Mutex::new(Some(fd)),
             used: AtomicBool::new(true),
             pinned: true,
+            filled_once: AtomicBool::new(true),
         }
     }
 
@@ -91,6 +95,7 @@ impl FdSlot {
             fd
         };
         self.used.store(true, Ordering::Relaxed);
+        self.filled_once.store(true, Ordering::Relaxed);
         if !self.pinned {
             let n = CACHED.fetch_add(1, Ordering::Relaxed) + 1;
             QUEUE.lock().push_back(holder);
@@ -99,6 +104,12 @@ impl FdSlot {
             }
         }
         fd
+    }
+
+    /// Whether a descriptor was cached before (so a new one is a reopen
+    /// after eviction, worth checking against the object's identity).
+    pub fn filled_once(&self) -> bool {
+        self.filled_once.load(Ordering::Relaxed)
     }
 
     /// Replaces the cached descriptor (after the object was recreated).

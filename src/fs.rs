@@ -17,13 +17,16 @@ use crate::idmap::IdMap;
 use crate::ino::{self, InoMap};
 use crate::lower::LowerObj;
 use crate::names::Name;
-use crate::node::{Alias, Node, NodeState};
+use crate::node::{Alias, Ident, Node, NodeState};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Table;
 use crate::workdir::WorkDir;
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// A directory entry position: (directory descriptor, name in it).
+pub type Place = (Arc<OwnedFd>, Name);
 
 /// Behaviour fixed at mount time.
 #[derive(Clone, Debug)]
@@ -44,6 +47,17 @@ pub struct Config {
     pub static_nlink: bool,
     pub noacl: bool,
     pub xattr_permissions: u8,
+    /// What renaming a directory with lower content does.
+    pub redirect: crate::options::RedirectMode,
+    /// `passthrough=`/`writeback=` from the command line (None: automatic).
+    pub passthrough: Option<crate::options::Passthrough>,
+    pub writeback: Option<bool>,
+}
+
+impl Config {
+    pub fn follow_redirects(&self) -> bool {
+        self.redirect != crate::options::RedirectMode::NoFollow
+    }
 }
 
 /// The writable layer and its work directory.
@@ -69,6 +83,12 @@ pub struct Plyfs {
     pub table: Table,
     pub inos: InoMap,
     pub handles: Handles,
+    /// Per lower layer: its multiply-linked files (see `hardlinks`).
+    pub link_maps: dashmap::DashMap<usize, Arc<crate::hardlinks::LinkMap>>,
+    /// I/O modes negotiated with the kernel.
+    pub io: crate::tuning::IoModes,
+    /// Whether readdirplus entries carry attributes (see `rdplus`).
+    pub plus: crate::rdplus::PlusPolicy,
 }
 
 impl Plyfs {
@@ -91,6 +111,9 @@ impl Plyfs {
             table: Table::new(),
             inos: InoMap::new(&devs, ino32),
             handles: Handles::new(),
+            link_maps: dashmap::DashMap::new(),
+            io: Default::default(),
+            plus: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -126,6 +149,15 @@ impl Plyfs {
         self.upper.is_none()
     }
 
+    /// Filesystem types (f_type) of all layers.
+    pub fn layer_fs_types(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self.lowers.iter().map(|l| l.fs_magic).collect();
+        if let Some(u) = &self.upper {
+            v.push(sys::fs::fs_type(u.root.as_fd()).unwrap_or(0));
+        }
+        v
+    }
+
     /// EROFS on a mount without an upper layer.
     pub fn upper_layer(&self) -> Result<&UpperLayer> {
         self.upper.as_ref().ok_or(Errno::EROFS)
@@ -150,20 +182,96 @@ impl Plyfs {
             let u = self.upper_layer()?;
             return Ok(u.root.clone());
         }
-        let (pfd, name) = self.upper_loc(node)?;
+        let (pfd, name) = self.upper_alias(node)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        if node.state.read().upper != Some((st.dev, st.ino)) {
-            log::warn!("upper directory of {node:?} changed under the mount");
-            return Err(Errno::ESTALE);
+        if node.upper_fd.filled_once() {
+            let st = sys::fs::fstat(fd.as_fd())?;
+            if node.state.read().upper != Some((st.dev, st.ino)) {
+                log::warn!("upper directory of {node:?} changed under the mount");
+                return Err(Errno::ESTALE);
+            }
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
         Ok(node.upper_fd.fill(fd, weak))
     }
 
-    /// Parent upper directory and name of a node that exists in the upper
-    /// layer: the first of its names whose parent is still known.
+    /// Parent upper directory and name of a node's upper object. Names of
+    /// non-directories are checked against the node's identity (a name may
+    /// have been unlinked or reused by another thread meanwhile); a
+    /// directory's single name is kept exact by rename and rmdir.
     pub fn upper_loc(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name)> {
+        if node.is_dir() {
+            return self.upper_alias(node);
+        }
+        self.upper_named(node).map(|(pfd, name, _)| (pfd, name))
+    }
+
+    /// Like [`Plyfs::upper_loc`] for non-directories, with the object's
+    /// stat. ENOENT when no name of the node shows its upper object.
+    pub fn upper_named(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name, Stat)> {
+        let (want, places) = self.upper_places(node)?;
+        for (pfd, name) in places {
+            match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+                Ok(st) if (st.dev, st.ino) == want => return Ok((pfd, name, st)),
+                Ok(_) => continue,
+                Err(e) if e.code() == libc::ENOENT => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Errno::ENOENT)
+    }
+
+    /// The node's upper identity and the (upper parent, name) places where
+    /// its names say it is, unchecked.
+    fn upper_places(&self, node: &Node) -> Result<(Ident, Vec<Place>)> {
+        let (want, aliases) = {
+            let s = node.state.read();
+            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+        };
+        let mut places = Vec::with_capacity(aliases.len());
+        for a in aliases {
+            let Some(parent) = self.table.get(a.parent) else {
+                continue;
+            };
+            let Ok(pfd) = self.upper_dir_fd(&parent) else {
+                continue;
+            };
+            places.push((pfd, Name::new(&a.name)?));
+        }
+        Ok((want, places))
+    }
+
+    /// The pinned descriptor of a node whose names are all gone.
+    pub fn pinned(&self, node: &Node) -> Option<Arc<OwnedFd>> {
+        node.pin.lock().clone()
+    }
+
+    /// Opens a node's upper regular file by one of its names, checking it is
+    /// the node's own file, or through its pinned descriptor.
+    pub fn open_upper(&self, node: &Node, flags: i32) -> Result<OwnedFd> {
+        let (want, places) = self.upper_places(node)?;
+        for (pfd, name) in places {
+            // O_NONBLOCK: should the name now be a FIFO, do not hang on it.
+            match sys::fs::openat(pfd.as_fd(), name.as_cstr(), flags | libc::O_NONBLOCK, 0) {
+                Ok(fd) => {
+                    let st = sys::fs::fstat(fd.as_fd())?;
+                    if (st.dev, st.ino) == want {
+                        return Ok(fd);
+                    }
+                }
+                Err(e) if matches!(e.code(), libc::ENOENT | libc::ENXIO | libc::ELOOP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.pinned(node) {
+            Some(pin) => sys::fs::reopen(pin.as_fd(), flags),
+            None => Err(Errno::ENOENT),
+        }
+    }
+
+    /// Parent upper directory and name of a node, unchecked: the first of
+    /// its names whose parent is still known.
+    fn upper_alias(&self, node: &Node) -> Result<(Arc<OwnedFd>, Name)> {
         let aliases = node.state.read().aliases.clone();
         let mut last = Errno::ENOENT;
         for a in aliases {
@@ -200,11 +308,24 @@ impl Plyfs {
             return Ok(stack);
         }
         let mut trimmed: Vec<Arc<LowerObj>> = Vec::with_capacity(stack.len());
+        let mut redirected = false;
         for l in stack.iter() {
             trimmed.push(l.clone());
-            if l.dir_info()?.opaque {
+            let info = l.dir_info()?;
+            if info.opaque {
                 break;
             }
+            if info.redirect.is_some() && self.cfg.follow_redirects() {
+                redirected = true;
+                break;
+            }
+        }
+        if redirected {
+            // The stack came from matching names in a listing, but a lower
+            // directory redirects the layers below it: look it up properly.
+            let (parent, name) = self.parent_of(node)?;
+            let f = self.resolve_found(&parent, &name)?;
+            trimmed = f.lowers;
         }
         let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
         let mut s = node.state.write();
@@ -213,6 +334,31 @@ impl Plyfs {
             s.stack_checked = true;
         }
         Ok(s.lowers.clone())
+    }
+
+    /// Where a directory's lower content lives, as an absolute path in the
+    /// lower layers (`/a/b`; empty for the root). Follows the redirects of
+    /// the directory and its ancestors, as the kernel does when it computes
+    /// an absolute redirect.
+    pub fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
+        if node.ino == ino::ROOT {
+            return Ok(Vec::new());
+        }
+        let (redirect, alias) = {
+            let s = node.state.read();
+            (
+                s.redirect.clone(),
+                s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
+            )
+        };
+        if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
+            return Ok(r.to_vec());
+        }
+        let parent = self.node(alias.parent)?;
+        let mut p = self.lower_path(&parent)?;
+        p.push(b'/');
+        p.extend_from_slice(redirect.as_deref().unwrap_or(&alias.name));
+        Ok(p)
     }
 
     /// Fresh `lstat` of the object a node currently stands for.
@@ -226,8 +372,14 @@ impl Plyfs {
                 let fd = self.upper_dir_fd(node)?;
                 return sys::fs::fstat(fd.as_fd());
             }
-            let (pfd, name) = self.upper_loc(node)?;
-            return sys::fs::lstatat(pfd.as_fd(), name.as_cstr());
+            return match self.upper_named(node) {
+                Ok((_, _, st)) => Ok(st),
+                Err(e) if e.code() == libc::ENOENT => match self.pinned(node) {
+                    Some(pin) => sys::fs::fstat(pin.as_fd()),
+                    None => Err(e),
+                },
+                Err(e) => Err(e),
+            };
         }
         match top_lower {
             Some(l) => l.stat(),
@@ -267,6 +419,11 @@ impl Plyfs {
 
     pub fn attr_from(&self, node: &Arc<Node>, st: &Stat) -> Result<FileAttr> {
         let merged = self.is_merged_dir(node)?;
+        if self.cfg.xattr_permissions > 0 {
+            let mut st = *st;
+            self.apply_override(node, &mut st)?;
+            return Ok(attr::make(node.ino, &st, merged, &self.attr_opts()));
+        }
         Ok(attr::make(node.ino, st, merged, &self.attr_opts()))
     }
 

@@ -19,6 +19,7 @@ use crate::fs::Plyfs;
 use crate::names;
 use crate::ops::Caller;
 use crate::ops::create::NewObject;
+use crate::ops::dir::PlusEntry;
 use crate::ops::setattr::SetAttr;
 use crate::sys::fs::TimeSpec;
 
@@ -31,6 +32,14 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask: 0,
+    }
+}
+
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask,
+        ..caller(req)
     }
 }
 
@@ -88,26 +97,33 @@ impl FuseFs {
 
     fn create_entry(
         &self,
-        req: &Request,
+        who: Caller,
         parent: INodeNo,
         name: &OsStr,
         what: NewObject<'_>,
         reply: ReplyEntry,
     ) {
         let res = names::check(name)
-            .and_then(|n| self.fs.do_create_object(parent.0, &n, what, caller(req)))
+            .and_then(|n| self.fs.do_create_object(parent.0, &n, what, who))
             .map(|c| (c.node, c.attr));
         self.entry(reply, res);
     }
 }
 
 impl Filesystem for FuseFs {
+    fn destroy(&mut self) {
+        if let Some(u) = &self.fs.upper {
+            u.work.finish();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         crate::tuning::configure(&self.fs, config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::stats::count(crate::stats::Op::lookup);
         match names::check(name).and_then(|n| self.fs.do_lookup(parent.0, &n)) {
             Ok(Some((node, attr))) => reply.entry(&self.ttl(), &attr, Generation(node.generation)),
             Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
@@ -116,10 +132,12 @@ impl Filesystem for FuseFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        crate::stats::count(crate::stats::Op::forget);
         self.fs.do_forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::stats::count(crate::stats::Op::getattr);
         match self.fs.do_getattr(ino.0, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&self.ttl(), &attr),
             Err(e) => reply.error(e),
@@ -144,6 +162,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        crate::stats::count(crate::stats::Op::setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -160,6 +179,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::stats::count(crate::stats::Op::readlink);
         match self.fs.do_readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -172,10 +192,11 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::mknod);
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObject::File {
                 mode,
@@ -187,7 +208,7 @@ impl Filesystem for FuseFs {
                 rdev: decode_dev(rdev),
             }
         };
-        self.create_entry(req, parent, name, what, reply);
+        self.create_entry(creator(req, umask), parent, name, what, reply);
     }
 
     fn mkdir(
@@ -196,24 +217,33 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        self.create_entry(req, parent, name, NewObject::Dir { mode }, reply);
+        crate::stats::count(crate::stats::Op::mkdir);
+        self.create_entry(
+            creator(req, umask),
+            parent,
+            name,
+            NewObject::Dir { mode },
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::unlink);
+        done(
+            reply,
+            names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::rmdir);
+        done(
+            reply,
+            names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)),
+        );
     }
 
     fn symlink(
@@ -224,8 +254,15 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::symlink);
         let target = target.as_os_str().as_bytes();
-        self.create_entry(req, parent, link_name, NewObject::Symlink { target }, reply);
+        self.create_entry(
+            caller(req),
+            parent,
+            link_name,
+            NewObject::Symlink { target },
+            reply,
+        );
     }
 
     fn rename(
@@ -238,15 +275,13 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::rename);
         let res = names::check(name).and_then(|a| {
             let b = names::check(newname)?;
             self.fs
                 .do_rename(parent.0, &a, newparent.0, &b, flags.bits())
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        done(reply, res);
     }
 
     fn link(
@@ -257,15 +292,21 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        crate::stats::count(crate::stats::Op::link);
         match self.fs.node(ino.0) {
-            Ok(source) => {
-                self.create_entry(req, newparent, newname, NewObject::Link { source }, reply)
-            }
+            Ok(source) => self.create_entry(
+                caller(req),
+                newparent,
+                newname,
+                NewObject::Link { source },
+                reply,
+            ),
             Err(e) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        crate::stats::count(crate::stats::Op::open);
         match self.fs.do_open(ino.0, flags.0) {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
             Err(e) => reply.error(e),
@@ -283,6 +324,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::stats::count(crate::stats::Op::read);
         match self.fs.do_read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -301,6 +343,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        crate::stats::count(crate::stats::Op::write);
         match self.fs.do_write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
@@ -315,7 +358,10 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        crate::stats::count(crate::stats::Op::flush);
+        // Nothing to do on close(2): ENOSYS makes the kernel stop sending
+        // FLUSH (it still writes dirty pages back before that check).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -328,6 +374,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::release);
         self.fs.do_release(fh.0);
         reply.ok();
     }
@@ -340,13 +387,22 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.do_fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::fsync);
+        done(reply, self.fs.do_fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::stats::count(crate::stats::Op::opendir);
+        if self
+            .fs
+            .io
+            .no_opendir
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // The kernel then opens directories itself, with cached listings.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.fs.do_opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), crate::tuning::dir_open_flags(&self.fs)),
             Err(e) => reply.error(e),
@@ -356,12 +412,13 @@ impl Filesystem for FuseFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.fs.do_readdir(fh.0, offset, |item| {
+        crate::stats::count(crate::stats::Op::readdir);
+        let res = self.fs.do_readdir(ino.0, fh.0, offset, |item| {
             !reply.add(
                 INodeNo(item.ino),
                 item.next,
@@ -378,24 +435,40 @@ impl Filesystem for FuseFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        crate::stats::count(crate::stats::Op::readdirplus);
         let ttl = self.ttl();
-        let res = self
-            .fs
-            .do_readdirplus(fh.0, offset, |item, attr, generation| {
-                !reply.add(
+        let res = self.fs.do_readdirplus(ino.0, fh.0, offset, |item, entry| {
+            let name = OsStr::from_bytes(&item.name);
+            match entry {
+                PlusEntry::Full(attr, generation) => !reply.add(
                     INodeNo(item.ino),
                     item.next,
-                    OsStr::from_bytes(&item.name),
+                    name,
                     &ttl,
                     attr,
                     Generation(generation),
-                )
-            });
+                ),
+                // Node id 0: a plain entry; its d_ino is item.ino (see
+                // vendor/fuser/PATCHES.md) and its type comes from the mode.
+                PlusEntry::NamesOnly => {
+                    let mut attr = negative_attr();
+                    attr.kind = file_type(item.kind);
+                    !reply.add(
+                        INodeNo(item.ino),
+                        item.next,
+                        name,
+                        &Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                    )
+                }
+            }
+        });
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -410,6 +483,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        crate::stats::count(crate::stats::Op::releasedir);
         self.fs.do_releasedir(fh.0);
         reply.ok();
     }
@@ -422,13 +496,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.do_fsyncdir(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::fsyncdir);
+        done(reply, self.fs.do_fsyncdir(ino.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::stats::count(crate::stats::Op::statfs);
         match self.fs.do_statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -447,32 +520,31 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::setxattr);
+        done(
+            reply,
+            self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::stats::count(crate::stats::Op::getxattr);
         reply_xattr(self.fs.do_getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::stats::count(crate::stats::Op::listxattr);
         reply_xattr(self.fs.do_listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.do_removexattr(ino.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::removexattr);
+        done(reply, self.fs.do_removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.do_access(ino.0, mask.bits(), caller(req)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::access);
+        done(reply, self.fs.do_access(ino.0, mask.bits(), caller(req)));
     }
 
     fn create(
@@ -481,13 +553,18 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
+        crate::stats::count(crate::stats::Op::create);
         let res = names::check(name).and_then(|n| {
-            self.fs
-                .do_create_object(parent.0, &n, NewObject::File { mode, flags }, caller(req))
+            self.fs.do_create_object(
+                parent.0,
+                &n,
+                NewObject::File { mode, flags },
+                creator(req, umask),
+            )
         });
         match res {
             Ok(c) => {
@@ -512,10 +589,8 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.do_fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        crate::stats::count(crate::stats::Op::fallocate);
+        done(reply, self.fs.do_fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
@@ -527,6 +602,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        crate::stats::count(crate::stats::Op::lseek);
         match self.fs.do_lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
@@ -546,6 +622,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        crate::stats::count(crate::stats::Op::copy_file_range);
         match self
             .fs
             .do_copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
@@ -553,6 +630,14 @@ impl Filesystem for FuseFs {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+/// Sends the result of an operation that returns nothing.
+fn done(reply: ReplyEmpty, res: Result<(), Errno>) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 

@@ -20,7 +20,9 @@ pub struct OpenFile {
     /// Open flags, without creation flags.
     pub flags: i32,
     /// Kernel passthrough backing file, kept until release.
-    pub backing: Mutex<Option<fuser::BackingId>>,
+    pub backing: Mutex<Option<std::sync::Arc<fuser::BackingId>>>,
+    /// The handle does cached (not passthrough) I/O.
+    pub cached: AtomicBool,
 }
 
 impl OpenFile {
@@ -31,6 +33,7 @@ impl OpenFile {
             on_upper: AtomicBool::new(on_upper),
             flags,
             backing: Mutex::new(None),
+            cached: AtomicBool::new(false),
         }
     }
 

@@ -1,16 +1,22 @@
-//! uid/gid translation between the layers (host ids) and the merged view
-//! (container ids), with fuse-overlayfs' `uidmapping`/`gidmapping` and
+//! uid/gid translation with fuse-overlayfs' `uidmapping`/`gidmapping` and
 //! `squash_to_*` semantics.
+//!
+//! `uidmapping=C:H:S` means: an id `C+i` stored in the layers is reported as
+//! `H+i` (in the daemon's user namespace), for `0 <= i < S`. containers-storage
+//! uses it to keep layers unshifted on disk (container ids) while a
+//! container whose user namespace maps `C -> H` sees its own ids. Ids of
+//! new files and of chown requests are translated back before they are
+//! stored. Stored ids outside every range are reported as the overflow id.
 
 use crate::options::IdRange;
 
-/// The id shown for a host id that no range maps (the kernel's overflow id).
+/// The id shown for an id no range maps (the kernel's overflow id).
 pub const OVERFLOW_ID: u32 = 65534;
 
 #[derive(Clone, Debug, Default)]
 pub struct IdMap {
     ranges: Vec<IdRange>,
-    /// Every id appears as this one (squash_to_uid/gid/root).
+    /// Every object is shown as owned by this id (squash_to_uid/gid/root).
     squash: Option<u32>,
 }
 
@@ -23,32 +29,31 @@ impl IdMap {
         self.ranges.is_empty() && self.squash.is_none()
     }
 
-    /// Host id on disk -> id shown in the merged view.
-    pub fn to_view(&self, host: u32) -> u32 {
+    /// Stored id -> id reported to the kernel.
+    pub fn to_view(&self, stored: u32) -> u32 {
         if let Some(s) = self.squash {
             return s;
         }
         if self.ranges.is_empty() {
-            return host;
+            return stored;
         }
-        for r in &self.ranges {
-            if host >= r.host && host - r.host < r.len {
-                return r.container + (host - r.host);
-            }
-        }
-        OVERFLOW_ID
+        self.ranges
+            .iter()
+            .find(|r| stored >= r.container && stored - r.container < r.len)
+            .map(|r| r.host + (stored - r.container))
+            .unwrap_or(OVERFLOW_ID)
     }
 
-    /// Id from a request (merged view) -> host id to store. Unmapped ids
-    /// cannot be stored: EINVAL, as chown(2) reports for unmapped ids.
-    pub fn to_host(&self, view: u32) -> Option<u32> {
+    /// Id from a request -> id to store. `None` for an id outside every
+    /// range (it cannot be represented in the layers).
+    pub fn to_stored(&self, view: u32) -> Option<u32> {
         if self.ranges.is_empty() {
             return Some(view);
         }
         self.ranges
             .iter()
-            .find(|r| view >= r.container && view - r.container < r.len)
-            .map(|r| r.host + (view - r.container))
+            .find(|r| view >= r.host && view - r.host < r.len)
+            .map(|r| r.container + (view - r.host))
     }
 }
 
@@ -56,9 +61,9 @@ impl IdMap {
 mod tests {
     use super::*;
 
-    #[test]
-    fn maps_both_ways() {
-        let m = IdMap::new(
+    fn example() -> IdMap {
+        // fuse-overlayfs' man page example: uidmapping=0:1000:1:1:110000:65536
+        IdMap::new(
             vec![
                 IdRange {
                     container: 0,
@@ -67,18 +72,29 @@ mod tests {
                 },
                 IdRange {
                     container: 1,
-                    host: 100000,
+                    host: 110000,
                     len: 65536,
                 },
             ],
             None,
-        );
-        assert_eq!(m.to_view(1000), 0);
-        assert_eq!(m.to_view(100005), 6);
-        assert_eq!(m.to_view(5), OVERFLOW_ID);
-        assert_eq!(m.to_host(0), Some(1000));
-        assert_eq!(m.to_host(6), Some(100005));
-        assert_eq!(m.to_host(70000), None);
+        )
+    }
+
+    #[test]
+    fn stored_ids_are_reported_shifted() {
+        let m = example();
+        assert_eq!(m.to_view(0), 1000);
+        assert_eq!(m.to_view(1), 110000);
+        assert_eq!(m.to_view(5), 110004);
+        assert_eq!(m.to_view(70000), OVERFLOW_ID);
+    }
+
+    #[test]
+    fn requests_are_stored_unshifted() {
+        let m = example();
+        assert_eq!(m.to_stored(1000), Some(0));
+        assert_eq!(m.to_stored(110004), Some(5));
+        assert_eq!(m.to_stored(42), None);
     }
 
     #[test]
@@ -86,9 +102,9 @@ mod tests {
         let id = IdMap::default();
         assert!(id.is_identity());
         assert_eq!(id.to_view(42), 42);
-        assert_eq!(id.to_host(42), Some(42));
+        assert_eq!(id.to_stored(42), Some(42));
         let sq = IdMap::new(vec![], Some(0));
         assert_eq!(sq.to_view(1234), 0);
-        assert_eq!(sq.to_host(7), Some(7));
+        assert_eq!(sq.to_stored(7), Some(7));
     }
 }

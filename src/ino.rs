@@ -89,6 +89,12 @@ impl InoMap {
             self.aliases.insert(upper, ino);
         }
     }
+
+    /// The upper object `upper` was deleted: its inode number may be given
+    /// to a new object, which must not inherit the old node's number.
+    pub fn unalias(&self, upper: Ident) {
+        self.aliases.remove(&upper);
+    }
 }
 
 #[cfg(test)]

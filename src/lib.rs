@@ -1,7 +1,7 @@
 //! plyfs: a userspace union filesystem on FUSE, interchangeable with kernel
 //! overlayfs.
 //!
-//! Layout: `sys` holds every system call (and all `unsafe`); `options`,
+//! Layout: `sys` holds every system call and all raw-pointer code; `options`,
 //! `cli` and `setup` turn the command line into opened layers; `fs` holds
 //! the mount's state, with `node`/`table`/`ino` for inodes, `lower` and
 //! `fdcache` for reaching layer objects, `resolve` and `listing` for the
@@ -16,6 +16,7 @@ pub mod fdcache;
 pub mod fs;
 pub mod fuse;
 pub mod handles;
+pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
 pub mod listing;
@@ -25,9 +26,12 @@ pub mod node;
 pub mod ops;
 pub mod options;
 pub mod origin;
+pub mod override_stat;
 pub mod ovl_xattr;
+pub mod rdplus;
 pub mod resolve;
 pub mod setup;
+pub mod stats;
 pub mod sys;
 pub mod table;
 pub mod tuning;

@@ -37,10 +37,64 @@ pub struct ListEntry {
     pub impure: bool,
     pub xattr_whiteouts: bool,
     pub origin: Option<Vec<u8>>,
+    /// Upper directory entry with `overlay.redirect`: its lower content is
+    /// elsewhere, so the name-matched lower entries do not apply.
+    pub redirect: Option<Box<[u8]>>,
+    /// Directory offset of the entry: a hash of its name, the same in every
+    /// listing of the directory (see [`cookie`]).
+    pub cookie: u64,
+}
+
+/// Offsets of `.` and `..`; entry cookies are above them.
+pub const DOT_OFFSET: u64 = 1;
+pub const DOTDOT_OFFSET: u64 = 2;
+
+/// The directory offset of a name. Offsets must mean the same position in
+/// every listing of a directory: the kernel's directory cache continues a
+/// listing started through one open with entries read through another, as
+/// real filesystems' hash cookies allow. So entries are ordered by a hash of
+/// their name (62 bits, above the offsets of `.` and `..`), and continuing
+/// after an offset means "the first name hashing above it", whatever
+/// changed in between.
+pub fn cookie(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // splitmix64 finalizer: spreads similar names apart.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    (h >> 2) + DOTDOT_OFFSET + 1
+}
+
+/// Sorts entries by cookie and separates the (very rare) equal cookies.
+fn assign_cookies(entries: &mut [ListEntry]) {
+    entries.sort_by_key(|e| e.cookie);
+    for i in 1..entries.len() {
+        if entries[i].cookie <= entries[i - 1].cookie {
+            entries[i].cookie = entries[i - 1].cookie + 1;
+        }
+    }
+}
+
+impl Listing {
+    /// Index of the first entry after directory offset `offset` (which is
+    /// past `.` and `..`).
+    pub fn first_after(&self, offset: u64) -> usize {
+        if offset <= DOTDOT_OFFSET {
+            return 0;
+        }
+        self.entries.partition_point(|e| e.cookie <= offset)
+    }
 }
 
 /// A directory's merged contents at one moment.
 pub struct Listing {
+    /// Sorted by `cookie`.
     pub entries: Vec<ListEntry>,
     /// The directory node's version when the listing was made.
     pub version: u64,
@@ -58,7 +112,12 @@ enum Seen {
 }
 
 fn open_dir(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd> {
-    sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    // Listing a layer directory must not touch its access time.
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    match sys::fs::openat(fd.as_fd(), c".", flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => sys::fs::openat(fd.as_fd(), c".", flags, 0),
+        other => other,
+    }
 }
 
 impl Plyfs {
@@ -114,6 +173,8 @@ impl Plyfs {
                     impure: false,
                     xattr_whiteouts: false,
                     origin: None,
+                    redirect: None,
+                    cookie: 0,
                 };
                 if kind == libc::S_IFDIR {
                     let m =
@@ -122,6 +183,7 @@ impl Plyfs {
                     entry.xattr_whiteouts = m.opaque == OpaqueValue::XattrWhiteouts;
                     entry.impure = m.impure;
                     entry.origin = m.origin;
+                    entry.redirect = m.redirect.map(Into::into);
                 } else if impure {
                     entry.origin =
                         whiteout::file_markers(ufd.as_fd(), name.as_cstr(), self.upper_prefixes())?
@@ -214,6 +276,8 @@ impl Plyfs {
                             impure: false,
                             xattr_whiteouts: false,
                             origin: None,
+                            redirect: None,
+                            cookie: 0,
                         });
                     }
                 }
@@ -233,7 +297,9 @@ impl Plyfs {
         let udev = self.upper.as_ref().map(|u| u.dev).unwrap_or(0);
         for e in entries.iter_mut() {
             e.ino = self.entry_number(e, udev, &stack)?;
+            e.cookie = cookie(&e.name);
         }
+        assign_cookies(&mut entries);
         Ok(Listing {
             entries,
             version,
@@ -286,11 +352,12 @@ impl Plyfs {
             impure: e.impure,
             xattr_whiteouts: e.xattr_whiteouts,
             origin: e.origin.clone(),
+            redirect: e.redirect.clone(),
         })
     }
 
     fn entry_lowers(&self, e: &ListEntry, stack: &[Arc<LowerObj>]) -> Result<Vec<Arc<LowerObj>>> {
-        if e.opaque || (e.upper.is_some() && e.kind != libc::S_IFDIR) {
+        if e.opaque || e.redirect.is_some() || (e.upper.is_some() && e.kind != libc::S_IFDIR) {
             return Ok(Vec::new());
         }
         e.lowers
@@ -324,7 +391,9 @@ impl Plyfs {
         };
         let expected = e.upper.or_else(|| e.lowers.first().map(|l| l.1));
         match st {
-            Ok(st) if Some(st.ino) == expected && st.file_type() == e.kind => {
+            Ok(st)
+                if Some(st.ino) == expected && st.file_type() == e.kind && e.redirect.is_none() =>
+            {
                 let mut f = self.entry_found_shallow(e, udev, stack)?;
                 if let Some(l) = f.lowers.first_mut().filter(|_| e.upper.is_none()) {
                     // The top lower object: take its real device number.
@@ -338,7 +407,9 @@ impl Plyfs {
                 }
                 f.stat = st;
                 // A single candidate needs no opaque trimming.
-                f.stack_checked = f.lowers.len() <= 1;
+                // Even a single lower directory may redirect the layers
+                // below (a rotated upper): check the stack on first use.
+                f.stack_checked = f.lowers.is_empty();
                 Ok(f)
             }
             _ => self.resolve_found(dir, &name),

@@ -14,13 +14,19 @@ use crate::sys::{self, Errno, fs::Stat};
 use crate::whiteout::{self, OpaqueValue};
 
 /// Markers of a lower directory, read once on first use.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LowerDirInfo {
     /// Hides the layers below (`overlay.opaque=y` or `.wh..wh..opq`).
     pub opaque: bool,
     /// May contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// `overlay.redirect` (a directory renamed in a layer that was an upper
+    /// layer once): where the layers below keep its content.
+    pub redirect: Option<Box<[u8]>>,
 }
+
+/// A set of entry names.
+type NameSet = std::collections::HashSet<Box<[u8]>>;
 
 pub struct LowerObj {
     /// Index into the mount's lower layers (0 = top lower).
@@ -33,6 +39,10 @@ pub struct LowerObj {
     pub kind: u32,
     fd: FdSlot,
     dir_info: OnceLock<LowerDirInfo>,
+    /// Directories: names hidden by OCI `.wh.NAME` markers in this
+    /// directory, read once on the first lookup that misses here (`None`:
+    /// there are none, the common case).
+    oci_whiteouts: OnceLock<Option<Box<NameSet>>>,
     /// For layer roots, the path the user gave (for messages).
     pub root_path: Option<std::path::PathBuf>,
 }
@@ -68,6 +78,7 @@ impl LowerObj {
             kind: st.file_type(),
             fd: FdSlot::pinned(Arc::new(fd)),
             dir_info: OnceLock::new(),
+            oci_whiteouts: OnceLock::new(),
             root_path: Some(path),
         })
     }
@@ -83,6 +94,7 @@ impl LowerObj {
             kind,
             fd: FdSlot::empty(),
             dir_info: OnceLock::new(),
+            oci_whiteouts: OnceLock::new(),
             root_path: None,
         }
     }
@@ -105,8 +117,9 @@ impl LowerObj {
         let pfd = parent.dir_fd()?;
         let name = Name::new(&self.name)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        let st = sys::fs::fstat(fd.as_fd())?;
-        if st.ino != self.ino || st.dev != self.dev {
+        // O_DIRECTORY|O_NOFOLLOW already rule out anything but a directory;
+        // a reopen after eviction must also find the same one.
+        if self.fd.filled_once() && sys::fs::fstat(fd.as_fd())?.ino != self.ino {
             log::warn!("lower layer changed under the mount at {self:?}");
             return Err(Errno::ESTALE);
         }
@@ -131,13 +144,41 @@ impl LowerObj {
         sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
     }
 
+    /// Whether this directory holds an OCI whiteout (`.wh.NAME`) for `name`.
+    /// The directory is read once to learn its markers, which replaces one
+    /// `lstat` per name missing here.
+    pub fn has_oci_whiteout(self: &Arc<Self>, name: &[u8]) -> Result<bool, Errno> {
+        if let Some(set) = self.oci_whiteouts.get() {
+            return Ok(set.as_ref().is_some_and(|s| s.contains(name)));
+        }
+        let fd = self.dir_fd()?;
+        let dir = sys::fs::openat(
+            fd.as_fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
+            0,
+        )
+        .or_else(|_| sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0))?;
+        let mut set = std::collections::HashSet::new();
+        sys::dirent::read_dir(dir.as_fd(), |e| {
+            if let whiteout::OciName::Whiteout(target) = whiteout::oci_name(&e.name) {
+                set.insert(Box::<[u8]>::from(target));
+            }
+        })?;
+        let found = set.contains(name);
+        let _ = self
+            .oci_whiteouts
+            .set((!set.is_empty()).then(|| Box::new(set)));
+        Ok(found)
+    }
+
     /// Opaque and xattr-whiteout markers of this directory (cached).
-    pub fn dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
+    pub fn dir_info(self: &Arc<Self>) -> Result<&LowerDirInfo, Errno> {
         if let Some(info) = self.dir_info.get() {
-            return Ok(*info);
+            return Ok(info);
         }
         let info = self.read_dir_info()?;
-        Ok(*self.dir_info.get_or_init(|| info))
+        Ok(self.dir_info.get_or_init(|| info))
     }
 
     fn read_dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
@@ -168,6 +209,7 @@ impl LowerObj {
         Ok(LowerDirInfo {
             opaque,
             xattr_whiteouts: markers.opaque == OpaqueValue::XattrWhiteouts,
+            redirect: markers.redirect.map(Into::into),
         })
     }
 }

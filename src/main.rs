@@ -2,9 +2,31 @@
 //! library.
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() {
-    let cli = plyfs::cli::Cli::parse();
+    let cli = match plyfs::cli::Cli::try_parse() {
+        Ok(c) => c,
+        // --help and --version print and succeed.
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, like every other input error, and exit code 1.
+            let text = e.to_string();
+            let msg: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let msg = msg.join(" ");
+            eprintln!(
+                "plyfs: {} (see plyfs --help)",
+                msg.trim_start_matches("error: ")
+            );
+            std::process::exit(1);
+        }
+    };
     let req = match cli.into_request() {
         Ok(r) => r,
         Err(msg) => {

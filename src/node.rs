@@ -45,6 +45,9 @@ pub struct NodeState {
     pub impure: bool,
     /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// `overlay.redirect` of the upper directory: where its lower content
+    /// lives (a name in the parent's lower directories, or `/a/b`).
+    pub redirect: Option<Box<[u8]>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
 }
@@ -64,6 +67,18 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// Bumped on every change of a directory's entries (listing caches).
     pub version: AtomicU64,
+    /// The real object of a node whose last name was removed while the
+    /// kernel still references it (see `Plyfs::pin_inode`).
+    pub pin: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    /// Directories: the current merged listing, shared by open handles.
+    pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
+    /// Attributes the kernel keeps asking for (see `xattr_probe_bit`) known
+    /// to be absent; cleared by any xattr change through plyfs.
+    pub xattr_absent: std::sync::atomic::AtomicU8,
+    /// Directories: the current listing gave names-only entries.
+    pub lazy_listed: std::sync::atomic::AtomicBool,
+    /// How the open handles of a regular file do I/O (see `tuning`).
+    pub io: Mutex<crate::tuning::NodeIo>,
 }
 
 impl FdHolder for Node {
@@ -91,11 +106,27 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            pin: Mutex::new(None),
+            listing: Mutex::new(None),
+            xattr_absent: std::sync::atomic::AtomicU8::new(0),
+            lazy_listed: std::sync::atomic::AtomicBool::new(false),
+            io: Mutex::new(Default::default()),
         }
     }
 
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// The lower object a non-directory came from, or the top lower
+    /// directory of a directory. EIO for a node without lower content.
+    pub fn top_lower(&self) -> Result<Arc<LowerObj>, crate::sys::Errno> {
+        self.state
+            .read()
+            .lowers
+            .first()
+            .cloned()
+            .ok_or(crate::sys::Errno::EIO)
     }
 
     pub fn has_upper(&self) -> bool {

@@ -9,8 +9,8 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-/// One contiguous id range of a `uidmapping=`/`gidmapping=` option: ids
-/// `host..host+len` on disk appear as `container..container+len`.
+/// One contiguous id range of a `uidmapping=C:H:S` option (fuse-overlayfs
+/// semantics): ids `C..C+S` stored in the layers are reported as `H..H+S`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IdRange {
     pub container: u32,
@@ -25,6 +25,36 @@ pub enum Xino {
     #[default]
     Auto,
     On,
+}
+
+/// `passthrough=`: which opens use kernel FUSE passthrough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passthrough {
+    Off,
+    /// Files in the upper layer (the default when available). Lower files
+    /// opened read-only use the page cache, so a later copy-up and write
+    /// through another descriptor stays visible to them.
+    Upper,
+    /// Every open. Fastest reads of lower files; but while a lower file is
+    /// open, opening it for writing fails with EBUSY (the kernel allows one
+    /// backing file per inode).
+    All,
+}
+
+/// `redirect_dir=`: what renaming a directory with lower content does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// Record the move in `overlay.redirect` (kernel `redirect_dir=on`).
+    On,
+    /// Copy the whole directory tree up, then move it: no redirect, so any
+    /// kernel mount (including `userxattr`, which refuses redirects) shows
+    /// the same tree. plyfs' default for unprivileged mounts.
+    Copy,
+    /// Follow existing redirects, refuse such renames with EXDEV (kernel
+    /// `redirect_dir=follow`/`off`).
+    Follow,
+    /// Neither create nor follow redirects (kernel `nofollow`).
+    NoFollow,
 }
 
 /// Everything the `-o` options (and the long flags) can set.
@@ -68,10 +98,14 @@ pub struct MountOptions {
     pub timeout: Option<f64>,
     pub threads: Option<usize>,
     pub xattr_permissions: u8,
-    /// `passthrough=on|off` (FUSE passthrough when the kernel allows it).
-    pub passthrough: Option<bool>,
+    /// `passthrough=off|on|all` (FUSE passthrough when the kernel allows
+    /// it; `all` also passes read-only opens of lower files through).
+    pub passthrough: Option<Passthrough>,
     /// `writeback=on|off` (kernel writeback cache when not passing through).
     pub writeback: Option<bool>,
+    /// `redirect_dir=`; `None` picks by marker prefix (On for trusted.*,
+    /// Copy for user.*).
+    pub redirect: Option<RedirectMode>,
     /// SELinux label; accepted and passed on to the kernel is not possible
     /// for FUSE, so it is recorded and ignored.
     pub context: Option<String>,
@@ -250,8 +284,6 @@ const IGNORED: &[&str] = &[
     "nfs_export=off",
     "metacopy=off",
     "index=off",
-    "redirect_dir=on",
-    "redirect_dir=follow",
     "uuid=on",
     "uuid=auto",
     "uuid=null",
@@ -359,12 +391,37 @@ impl MountOptions {
                 }
                 self.xattr_permissions = n;
             }
-            "passthrough" => self.passthrough = Some(on_off(k, &need(value)?)?),
+            "passthrough" => {
+                self.passthrough = Some(match need(value)?.as_slice() {
+                    b"all" => Passthrough::All,
+                    v => {
+                        if on_off(k, v)? {
+                            Passthrough::Upper
+                        } else {
+                            Passthrough::Off
+                        }
+                    }
+                })
+            }
             "writeback" => self.writeback = Some(on_off(k, &need(value)?)?),
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
             }
-            "redirect_dir" | "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
+            "redirect_dir" => {
+                self.redirect = Some(match need(value)?.as_slice() {
+                    b"on" => RedirectMode::On,
+                    b"copy" => RedirectMode::Copy,
+                    b"follow" | b"off" => RedirectMode::Follow,
+                    b"nofollow" => RedirectMode::NoFollow,
+                    other => {
+                        return Err(format!(
+                            "option redirect_dir: expected on, copy, follow, off or nofollow, got {:?}",
+                            String::from_utf8_lossy(other)
+                        ));
+                    }
+                })
+            }
+            "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
                 return Err(format!(
                     "option {}: this value is not supported by plyfs",
                     String::from_utf8_lossy(opt)
@@ -491,7 +548,15 @@ mod tests {
         assert!(parse("lowerdir").unwrap_err().contains("needs a value"));
         assert!(parse("lowerdir=").is_err());
         assert!(parse("lowerdir=/a,metacopy=on").is_err());
-        assert!(parse("lowerdir=/a,redirect_dir=on").is_ok());
+        assert_eq!(
+            parse("lowerdir=/a,redirect_dir=on").unwrap().redirect,
+            Some(RedirectMode::On)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,redirect_dir=off").unwrap().redirect,
+            Some(RedirectMode::Follow)
+        );
+        assert!(parse("lowerdir=/a,redirect_dir=maybe").is_err());
     }
 
     #[test]

@@ -39,10 +39,52 @@ pub struct Found {
     pub xattr_whiteouts: bool,
     /// Raw `overlay.origin` of the upper object, when read.
     pub origin: Option<Vec<u8>>,
+    /// `overlay.redirect` of an upper directory.
+    pub redirect: Option<Box<[u8]>>,
+}
+
+/// What to look for in the lower layers: a name in the parent's lower
+/// directories, or a path from the layer roots (absolute redirect).
+#[derive(Clone, Debug)]
+enum Target {
+    Name(Vec<u8>),
+    Abs(Vec<Vec<u8>>),
+}
+
+/// Parses an `overlay.redirect` value; `None` if it is unusable.
+fn parse_redirect(r: &[u8]) -> Option<Target> {
+    if r.is_empty() || r.contains(&0) {
+        return None;
+    }
+    if r[0] == b'/' {
+        let comps: Vec<Vec<u8>> = r
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        if comps.is_empty()
+            || comps
+                .iter()
+                .any(|c| c == b"." || c == b".." || c.len() > crate::names::NAME_MAX)
+        {
+            return None;
+        }
+        return Some(Target::Abs(comps));
+    }
+    Name::new(r).ok().map(|_| Target::Name(r.to_vec()))
+}
+
+/// Result of a lookup in the lower layers.
+enum LowerHit {
+    NonDir(Arc<LowerObj>, Stat),
+    /// Directories to merge (maybe none), with the stat of the top one when
+    /// nothing above it was found.
+    Dirs(Vec<Arc<LowerObj>>, Option<Stat>),
 }
 
 /// Result of resolving a name.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
 pub enum Lookup {
     Found(Found),
     /// Nothing visible. `whiteout`: the upper layer holds a whiteout there.
@@ -52,7 +94,40 @@ pub enum Lookup {
 }
 
 impl Found {
-    fn upper_only(st: Stat) -> Found {
+    /// An object found only in the lower layers: a non-directory or the top
+    /// of a directory stack.
+    fn lower(st: Stat, lowers: Vec<Arc<LowerObj>>) -> Found {
+        Found {
+            kind: st.file_type(),
+            stat: st,
+            upper: None,
+            lowers,
+            stack_checked: true,
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+            redirect: None,
+        }
+    }
+
+    /// The state of a node standing for this object, known as `alias`.
+    pub fn node_state(&self, alias: Alias) -> NodeState {
+        NodeState {
+            aliases: vec![alias],
+            upper: self.upper,
+            lowers: self.lowers.clone().into(),
+            stack_checked: self.stack_checked,
+            opaque: self.opaque,
+            impure: self.impure,
+            xattr_whiteouts: self.xattr_whiteouts,
+            redirect: self.redirect.clone(),
+            unlinked: false,
+        }
+    }
+
+    /// An object that exists only in the upper layer.
+    pub fn upper_only(st: Stat) -> Found {
         Found {
             kind: st.file_type(),
             stat: st,
@@ -63,6 +138,7 @@ impl Found {
             impure: false,
             xattr_whiteouts: false,
             origin: None,
+            redirect: None,
         }
     }
 
@@ -111,9 +187,9 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (p_upper, p_impure, p_xwo) = {
+        let (p_upper, p_xwo) = {
             let s = parent.state.read();
-            (s.upper.is_some(), s.impure, s.xattr_whiteouts)
+            (s.upper.is_some(), s.xattr_whiteouts)
         };
         let mut top: Option<Found> = None;
         if p_upper {
@@ -137,19 +213,21 @@ impl Plyfs {
                         f.xattr_whiteouts = m.opaque == OpaqueValue::XattrWhiteouts;
                         f.impure = m.impure;
                         f.origin = m.origin;
+                        f.redirect = m.redirect.map(Into::into);
                         if f.opaque {
                             return Ok(Lookup::Found(f));
                         }
                         top = Some(f);
                     } else {
-                        if p_impure {
-                            f.origin = whiteout::file_markers(
-                                pfd.as_fd(),
-                                name.as_cstr(),
-                                self.upper_prefixes(),
-                            )?
-                            .origin;
-                        }
+                        // Like the kernel, every upper non-directory's
+                        // origin is read: its st_ino must not depend on
+                        // which directory (impure or not) holds the name.
+                        f.origin = whiteout::file_markers(
+                            pfd.as_fd(),
+                            name.as_cstr(),
+                            self.upper_prefixes(),
+                        )?
+                        .origin;
                         return Ok(Lookup::Found(f));
                     }
                 }
@@ -157,81 +235,154 @@ impl Plyfs {
                 Err(e) => return Err(e),
             }
         }
+        if whiteout::oci_name(name.as_bytes()) != whiteout::OciName::Plain {
+            // OCI markers are metadata of the lower layers, never entries.
+            return Ok(match top {
+                Some(f) => Lookup::Found(f),
+                None => Lookup::Missing { whiteout: false },
+            });
+        }
         let stack = self.dir_stack(parent)?;
-        let oci = whiteout::oci_whiteout_name(name.as_bytes())
-            .map(|n| Name::new(&n))
-            .transpose()?;
-        let mut lowers: Vec<Arc<LowerObj>> = Vec::new();
-        for lo in stack.iter() {
-            let lfd = lo.dir_fd()?;
-            match sys::fs::lstatat(lfd.as_fd(), name.as_cstr()) {
-                Ok(st) => {
-                    if whiteout::is_char_whiteout(&st)
-                        || (st.is_reg()
-                            && st.size == 0
-                            && lo.dir_info()?.xattr_whiteouts
-                            && is_xattr_whiteout(lfd.as_fd(), name, &st, &BOTH)?)
-                    {
+        let target = match top.as_ref().and_then(|f| f.redirect.as_deref()) {
+            Some(r) if self.cfg.follow_redirects() => {
+                parse_redirect(r).unwrap_or_else(|| Target::Name(name.as_bytes().to_vec()))
+            }
+            _ => Target::Name(name.as_bytes().to_vec()),
+        };
+        match self.lower_lookup(&stack, target, top.is_some())? {
+            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found::lower(st, vec![obj]))),
+            LowerHit::Dirs(dirs, first) => match top {
+                Some(mut f) => {
+                    f.lowers = dirs;
+                    Ok(Lookup::Found(f))
+                }
+                None => match first {
+                    Some(st) => Ok(Lookup::Found(Found::lower(st, dirs))),
+                    None => Ok(Lookup::Missing { whiteout: false }),
+                },
+            },
+        }
+    }
+
+    /// Looks a name (or an absolute redirect path) up in the lower layers,
+    /// starting with the parent's lower directories, the way the kernel's
+    /// `ovl_lookup` does: whiteouts stop the search, a non-directory on top
+    /// wins alone, directories merge down to an opaque one, and redirects
+    /// found on the way change what is looked up in the layers below.
+    fn lower_lookup(
+        &self,
+        stack: &[Arc<LowerObj>],
+        mut target: Target,
+        have_dir_above: bool,
+    ) -> Result<LowerHit> {
+        let roots =
+            || -> Vec<Arc<LowerObj>> { self.lowers.iter().map(|l| l.root.clone()).collect() };
+        let mut positions: Vec<Arc<LowerObj>> = match target {
+            Target::Abs(_) => roots(),
+            Target::Name(_) => stack.to_vec(),
+        };
+        let mut dirs: Vec<Arc<LowerObj>> = Vec::new();
+        let mut first: Option<Stat> = None;
+        let mut i = 0;
+        while i < positions.len() {
+            let lo = positions[i].clone();
+            i += 1;
+            let (pobj, last) = match &target {
+                Target::Name(n) => (lo, Name::new(n)?),
+                Target::Abs(comps) => {
+                    let Some((last, dirs_path)) = comps.split_last() else {
                         break;
-                    }
-                    let first = top.is_none() && lowers.is_empty();
-                    if !st.is_dir() {
-                        if first {
-                            let obj = Arc::new(LowerObj::from_stat(lo, name.as_bytes(), &st));
-                            return Ok(Lookup::Found(Found {
-                                kind: st.file_type(),
-                                stat: st,
-                                upper: None,
-                                lowers: vec![obj],
-                                stack_checked: true,
-                                opaque: false,
-                                impure: false,
-                                xattr_whiteouts: false,
-                                origin: None,
-                            }));
-                        }
-                        // A non-directory below a directory ends the merge.
-                        break;
-                    }
-                    let obj = Arc::new(LowerObj::from_stat(lo, name.as_bytes(), &st));
-                    let opaque = obj.dir_info()?.opaque;
-                    if first {
-                        top = Some(Found {
-                            kind: libc::S_IFDIR,
-                            stat: st,
-                            upper: None,
-                            lowers: Vec::new(),
-                            stack_checked: true,
-                            opaque: false,
-                            impure: false,
-                            xattr_whiteouts: false,
-                            origin: None,
-                        });
-                    }
-                    lowers.push(obj);
-                    if opaque {
-                        break;
+                    };
+                    match self.walk_lower(&lo, dirs_path)? {
+                        Some(p) => (p, Name::new(last)?),
+                        None => continue,
                     }
                 }
+            };
+            let pfd = pobj.dir_fd()?;
+            let st = match sys::fs::lstatat(pfd.as_fd(), last.as_cstr()) {
+                Ok(st) => st,
                 Err(e) if e.code() == libc::ENOENT => {
-                    if let Some(wh) = &oci {
-                        match sys::fs::lstatat(lfd.as_fd(), wh.as_cstr()) {
-                            Ok(_) => break,
-                            Err(e) if e.code() == libc::ENOENT => {}
-                            Err(e) => return Err(e),
-                        }
+                    // A `.wh.NAME` only matters if layers remain below.
+                    if i < positions.len() && pobj.has_oci_whiteout(last.as_bytes())? {
+                        break;
                     }
+                    continue;
                 }
+                Err(e) => return Err(e),
+            };
+            if whiteout::is_char_whiteout(&st)
+                || (st.is_reg()
+                    && st.size == 0
+                    && pobj.dir_info()?.xattr_whiteouts
+                    && is_xattr_whiteout(pfd.as_fd(), &last, &st, &BOTH)?)
+            {
+                break;
+            }
+            let on_top = dirs.is_empty() && !have_dir_above;
+            if !st.is_dir() {
+                if on_top {
+                    let obj = Arc::new(LowerObj::from_stat(&pobj, last.as_bytes(), &st));
+                    return Ok(LowerHit::NonDir(obj, st));
+                }
+                // A non-directory below a directory ends the merge.
+                break;
+            }
+            let obj = Arc::new(LowerObj::from_stat(&pobj, last.as_bytes(), &st));
+            if on_top {
+                first = Some(st);
+            }
+            dirs.push(obj.clone());
+            let info = obj.dir_info()?;
+            if info.opaque {
+                break;
+            }
+            if let Some(r) = info
+                .redirect
+                .as_deref()
+                .filter(|_| self.cfg.follow_redirects())
+            {
+                match parse_redirect(r) {
+                    Some(Target::Abs(c)) => {
+                        target = Target::Abs(c);
+                        positions = roots()
+                            .into_iter()
+                            .filter(|l| l.layer > obj.layer)
+                            .collect();
+                        i = 0;
+                    }
+                    Some(Target::Name(n)) => {
+                        target = match target {
+                            Target::Name(_) => Target::Name(n),
+                            Target::Abs(mut c) => {
+                                c.pop();
+                                c.push(n);
+                                Target::Abs(c)
+                            }
+                        };
+                    }
+                    None => {}
+                }
+            }
+        }
+        Ok(LowerHit::Dirs(dirs, first))
+    }
+
+    /// Walks directory names down from a lower layer's root; `None` when a
+    /// component is missing or not a directory in that layer.
+    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Option<Arc<LowerObj>>> {
+        let mut cur = root.clone();
+        for c in comps {
+            let n = Name::new(c)?;
+            let fd = cur.dir_fd()?;
+            match sys::fs::lstatat(fd.as_fd(), n.as_cstr()) {
+                Ok(st) if st.is_dir() => cur = Arc::new(LowerObj::from_stat(&cur, c, &st)),
+                Ok(_) => return Ok(None),
+                Err(e) if e.code() == libc::ENOENT => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
-        match top {
-            Some(mut f) => {
-                f.lowers = lowers;
-                Ok(Lookup::Found(f))
-            }
-            None => Ok(Lookup::Missing { whiteout: false }),
-        }
+        Ok(Some(cur))
     }
 
     /// Resolves and requires a visible object.
@@ -288,6 +439,11 @@ impl Plyfs {
         f: Found,
     ) -> Result<(Arc<Node>, FileAttr)> {
         let ino = self.number_of(&f)?;
+        let origin = if f.upper.is_some() {
+            self.number_ident(&f).ok()
+        } else {
+            None
+        };
         let alias = Alias {
             parent: parent.ino,
             name: name.as_bytes().into(),
@@ -317,28 +473,27 @@ impl Plyfs {
                                 == f.lowers.first().map(|l| (l.dev, l.ino));
                         sibling
                     }
-                    (None, Some(_)) => false,
+                    // The upper copy of this very node, found before the
+                    // copy-up that made it recorded it (or after a remount
+                    // by another mount): its origin is the node's lower object.
+                    (None, Some(_)) => {
+                        origin.is_some() && s.lowers.first().map(|l| (l.dev, l.ino)) == origin
+                    }
                 }
             },
-            || {
-                Node::new(
-                    ino,
-                    f.kind,
-                    NodeState {
-                        aliases: vec![alias.clone()],
-                        upper: f.upper,
-                        lowers: f.lowers.clone().into(),
-                        stack_checked: f.stack_checked,
-                        opaque: f.opaque,
-                        impure: f.impure,
-                        xattr_whiteouts: f.xattr_whiteouts,
-                        unlinked: false,
-                    },
-                )
-            },
+            || Node::new(ino, f.kind, f.node_state(alias.clone())),
         );
         node.add_alias(alias);
+        if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
+            // Copied up by a thread that has not recorded it yet.
+            node.state.write().upper = f.upper;
+        }
         let attr = if sibling {
+            if !self.read_only()
+                && let Err(e) = self.link_up(&node, parent, name)
+            {
+                log::debug!("cannot link {name:?} up to its copied-up hard link: {e:?}");
+            }
             self.node_attr(&node)?
         } else {
             self.attr_from(&node, &f.stat)?

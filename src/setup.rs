@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::fs::{Config, LowerLayer, Plyfs, UpperLayer};
 use crate::idmap::IdMap;
 use crate::lower::LowerObj;
-use crate::options::MountOptions;
+use crate::options::{MountOptions, RedirectMode};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno};
 use crate::workdir::{self, WorkDir};
@@ -240,6 +240,14 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         static_nlink: o.static_nlink,
         noacl: o.noacl,
         xattr_permissions: o.xattr_permissions,
+        redirect: o.redirect.unwrap_or(match prefix {
+            Prefix::Trusted => RedirectMode::On,
+            // A kernel `userxattr` mount refuses to follow redirects: keep
+            // unprivileged uppers readable by it.
+            Prefix::User => RedirectMode::Copy,
+        }),
+        passthrough: o.passthrough,
+        writeback: o.writeback,
     };
     Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))

@@ -7,6 +7,7 @@
 //! old generation still balance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -18,9 +19,42 @@ struct Slot {
     lookups: u64,
 }
 
+/// A node held in the table by plyfs itself (like a kernel reference), so
+/// that internal work such as copying a tree up can reach it and its
+/// ancestors by node id. Released when dropped.
+pub struct Held<'a> {
+    table: &'a Table,
+    node: Arc<Node>,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Arc<Node>;
+    fn deref(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.table.forget(self.node.ino, 1);
+    }
+}
+
+impl<'a> Held<'a> {
+    /// Wraps a node on which one table reference was just taken.
+    pub fn new(table: &'a Table, node: Arc<Node>) -> Held<'a> {
+        Held { table, node }
+    }
+}
+
 #[derive(Default)]
 pub struct Table {
     map: DashMap<u64, Slot>,
+    /// Nodes in the table, and the largest count since memory was last
+    /// handed back.
+    live: AtomicUsize,
+    peak: AtomicUsize,
+    forgets: AtomicUsize,
 }
 
 impl Table {
@@ -71,6 +105,7 @@ impl Table {
                     node: node.clone(),
                     lookups: 1,
                 });
+                self.added();
                 (node, None)
             }
         };
@@ -93,7 +128,35 @@ impl Table {
             slot.lookups = slot.lookups.saturating_sub(n);
             slot.lookups == 0
         });
-        drop(removed);
+        if removed.is_some() {
+            drop(removed);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.maybe_release_memory();
+        }
+    }
+
+    /// When the kernel has forgotten most of a large tree (memory pressure,
+    /// drop_caches), hands the freed heap back to the system: the allocator
+    /// would otherwise keep the peak.
+    fn maybe_release_memory(&self) {
+        const EVERY: usize = 4096;
+        if self.forgets.fetch_add(1, Ordering::Relaxed) % EVERY != EVERY - 1 {
+            return;
+        }
+        let len = self.live.load(Ordering::Relaxed);
+        let peak = self.peak.load(Ordering::Relaxed);
+        if peak >= 2 * EVERY && len < peak / 2 {
+            self.peak.store(len, Ordering::Relaxed);
+            crate::sys::process::malloc_trim();
+        }
+    }
+
+    /// Counts a node added to the table.
+    fn added(&self) {
+        let len = self.live.fetch_add(1, Ordering::Relaxed) + 1;
+        if len > self.peak.load(Ordering::Relaxed) {
+            self.peak.store(len, Ordering::Relaxed);
+        }
     }
 
     pub fn len(&self) -> usize {

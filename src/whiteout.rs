@@ -42,7 +42,7 @@ pub fn oci_name(name: &[u8]) -> OciName<'_> {
     match name.strip_prefix(OCI_PREFIX) {
         None => OciName::Plain,
         Some(rest) if rest.starts_with(OCI_PREFIX) => OciName::Meta,
-        Some(rest) if rest.is_empty() => OciName::Meta,
+        Some(b"") => OciName::Meta,
         Some(rest) => OciName::Whiteout(rest),
     }
 }

@@ -7,7 +7,9 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::names::Name;
@@ -25,6 +27,12 @@ pub struct WorkDir {
     work: Arc<OwnedFd>,
     counter: AtomicU64,
     tag: u32,
+    /// Generation of the shared whiteout (bumped when it is full).
+    whiteout_gen: AtomicU64,
+    /// Background remover of staged trees (started on first use, after the
+    /// daemon forked).
+    reaper: OnceLock<Mutex<std::sync::mpsc::Sender<Vec<u8>>>>,
+    reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl WorkDir {
@@ -42,6 +50,9 @@ impl WorkDir {
             work: Arc::new(work),
             counter: AtomicU64::new(0),
             tag: sys::process::getpid() as u32,
+            whiteout_gen: AtomicU64::new(0),
+            reaper: OnceLock::new(),
+            reaper_thread: Mutex::new(None),
         })
     }
 
@@ -49,10 +60,91 @@ impl WorkDir {
         self.work.as_fd()
     }
 
+    /// Creates a whiteout at `name` in `dir`. Like the kernel, plyfs links
+    /// one shared whiteout kept in the work directory (a link is much
+    /// cheaper than allocating an inode per whiteout); a new shared one is
+    /// made when it is missing or has too many links, and `mknod` is the
+    /// fallback.
+    pub fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
+        for _ in 0..3 {
+            let shared = self.shared_whiteout_name()?;
+            match sys::fs::linkat(self.fd(), shared.as_cstr(), dir, name) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.code() == libc::ENOENT => {
+                    // Made on first use (and after the work dir was cleaned).
+                    match crate::whiteout::make_whiteout(self.fd(), shared.as_cstr()) {
+                        Ok(()) => {}
+                        Err(e) if e.code() == libc::EEXIST => {}
+                        Err(_) => break,
+                    }
+                }
+                Err(e) if e.code() == libc::EMLINK => {
+                    self.whiteout_gen.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.code() == libc::EEXIST => return Err(e),
+                Err(_) => break,
+            }
+        }
+        crate::whiteout::make_whiteout(dir, name)
+    }
+
+    fn shared_whiteout_name(&self) -> Result<Name, Errno> {
+        let g = self.whiteout_gen.load(Ordering::Relaxed);
+        Name::new(format!("#plyfs.whiteout.{:x}.{g}", self.tag).as_bytes())
+    }
+
     /// A fresh staging name, unique within this mount.
     pub fn temp_name(&self) -> Result<Name, Errno> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         Name::new(format!("#plyfs.{:x}.{:x}", self.tag, n).as_bytes())
+    }
+
+    /// Removes a staged directory tree in the background: it already left
+    /// the merged view (atomically), and a crash only leaves it for the next
+    /// mount's cleanup. Falls back to removing it here.
+    pub fn discard_later(&self, name: &Name) {
+        let tx = self.reaper.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let work = self.work.clone();
+            let spawned = std::thread::Builder::new()
+                .name("plyfs-reaper".into())
+                .spawn(move || {
+                    for n in rx {
+                        if let Ok(name) = Name::new(&n)
+                            && let Err(e) = remove_tree(work.as_fd(), name.as_cstr())
+                        {
+                            log::warn!("cannot remove staged {name:?} from the work dir: {e:?}");
+                        }
+                    }
+                });
+            match spawned {
+                Ok(h) => *self.reaper_thread.lock() = Some(h),
+                Err(_) => log::warn!("no background remover: removing staged trees inline"),
+            }
+            Mutex::new(tx)
+        });
+        if tx.lock().send(name.as_bytes().to_vec()).is_err() {
+            self.discard(name);
+        }
+    }
+
+    /// At unmount: waits for background removals and drops the shared
+    /// whiteout, so a clean unmount leaves the work directory empty.
+    pub fn finish(&self) {
+        if let Some(tx) = self.reaper.get() {
+            // Closing the channel ends the reaper once its queue is empty.
+            let (done_tx, _) = std::sync::mpsc::channel();
+            let old = std::mem::replace(&mut *tx.lock(), done_tx);
+            drop(old);
+        }
+        if let Some(handle) = self.reaper_thread.lock().take() {
+            let _ = handle.join();
+        }
+        for g in 0..=self.whiteout_gen.load(Ordering::Relaxed) {
+            if let Ok(n) = Name::new(format!("#plyfs.whiteout.{:x}.{g}", self.tag).as_bytes()) {
+                let _ = sys::fs::unlinkat(self.fd(), n.as_cstr(), false);
+            }
+        }
     }
 
     /// Removes a staged object (file, whiteout or directory tree).

@@ -18,7 +18,7 @@ use crate::names::Name;
 use crate::node::Node;
 use crate::ops::Caller;
 use crate::ovl_xattr;
-use crate::resolve::{Found, Lookup};
+use crate::resolve::Found;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::workdir::remove_tree;
 
@@ -35,6 +35,12 @@ impl NewObject<'_> {
     fn is_dir(&self) -> bool {
         matches!(self, NewObject::Dir { .. })
     }
+}
+
+enum UpperSlot {
+    Free,
+    Whiteout,
+    Taken,
 }
 
 /// The result of a creation: the new node, its attributes, and for files an
@@ -58,6 +64,13 @@ impl Plyfs {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if let NewObject::Special { mode, rdev: 0 } = what
+            && mode & libc::S_IFMT == libc::S_IFCHR
+        {
+            // A 0/0 character device is a whiteout: like the kernel,
+            // overlay users may not create one.
+            return Err(Errno::EPERM);
+        }
         // Operands are copied up before the directory is locked.
         self.copy_up(&parent)?;
         if let NewObject::Link { source } = &what {
@@ -67,21 +80,27 @@ impl Plyfs {
             self.copy_up(source)?;
         }
         let _g = parent.dir_lock.lock();
-        let whiteout = match self.resolve(&parent, name)? {
-            Lookup::Found(f) => {
+        let pfd = self.upper_dir_fd(&parent)?;
+        // The kernel asks to create only names its lookup (under the same
+        // directory lock) found missing, so the lower layers need no second
+        // look: only the upper slot matters (free, or a whiteout to replace).
+        let whiteout = match self.upper_slot(&parent, &pfd, name)? {
+            UpperSlot::Free => false,
+            UpperSlot::Whiteout => true,
+            UpperSlot::Taken => {
                 // O_CREAT without O_EXCL on an existing file opens it.
                 if let NewObject::File { flags, .. } = what
                     && flags & libc::O_EXCL == 0
                 {
+                    let f = self.resolve_found(&parent, name)?;
                     return self.open_existing(&parent, name, f, flags);
                 }
                 return Err(Errno::EEXIST);
             }
-            Lookup::Missing { whiteout } => whiteout,
         };
-        let pfd = self.upper_dir_fd(&parent)?;
         let pst = sys::fs::fstat(pfd.as_fd())?;
         let (uid, gid) = self.new_owner(caller, &pst)?;
+        let what = self.apply_umask(what, caller.umask, &pfd)?;
         let mut fd = None;
         let st = if whiteout {
             self.create_staged(&pfd, name, &what, uid, gid, &pst, &mut fd)?
@@ -89,13 +108,18 @@ impl Plyfs {
             self.create_direct(pfd.as_fd(), name, &what, uid, gid, &pst, &mut fd)?
         };
         parent.touch_version();
-        let mut found = Found::upper_only_stat(st);
+        let mut found = Found::upper_only(st);
         found.opaque = what.is_dir() && (whiteout || found.opaque);
         if let NewObject::Link { source } = &what {
             // The new name is another link to the source's upper inode.
             let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
             let attr = self.attr_from(&node, &st)?;
             self.add_alias(&node, parent.ino, name);
+            if !node.state.read().lowers.is_empty() {
+                // A copied-up file (st_ino from its origin) now has a name
+                // here: readdir must read origins in this directory.
+                self.mark_impure(&parent, &pfd);
+            }
             return Ok(Created { node, attr, fd });
         }
         let (node, attr) = self.remember(&parent, name, found)?;
@@ -127,14 +151,81 @@ impl Plyfs {
         })
     }
 
+    /// Applies the caller's umask, unless the parent has a default ACL (which
+    /// then decides the permissions) or the kernel already applied it.
+    fn apply_umask<'a>(
+        &self,
+        what: NewObject<'a>,
+        umask: u32,
+        pfd: &OwnedFd,
+    ) -> Result<NewObject<'a>> {
+        if umask == 0 || !self.io.dont_mask.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(what);
+        }
+        let has_default_acl =
+            match sys::fs::openat(pfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .and_then(|d| sys::xattr::fget(d.as_fd(), c"system.posix_acl_default"))
+            {
+                Ok(_) => true,
+                Err(e) if matches!(e.code(), libc::ENODATA | libc::ENOTSUP) => false,
+                Err(e) => return Err(e),
+            };
+        if has_default_acl {
+            return Ok(what);
+        }
+        let m = |mode: u32| mode & !(umask & 0o777);
+        Ok(match what {
+            NewObject::File { mode, flags } => NewObject::File {
+                mode: m(mode),
+                flags,
+            },
+            NewObject::Dir { mode } => NewObject::Dir { mode: m(mode) },
+            NewObject::Special { mode, rdev } => NewObject::Special {
+                mode: m(mode),
+                rdev,
+            },
+            other => other,
+        })
+    }
+
+    /// What the upper layer holds at `name` in the directory `pfd`.
+    fn upper_slot(&self, parent: &Arc<Node>, pfd: &OwnedFd, name: &Name) -> Result<UpperSlot> {
+        match sys::fs::lstatat(pfd.as_fd(), name.as_cstr()) {
+            Ok(st) if crate::whiteout::is_char_whiteout(&st) => Ok(UpperSlot::Whiteout),
+            Ok(st)
+                if st.is_reg()
+                    && st.size == 0
+                    && parent.state.read().xattr_whiteouts
+                    && crate::whiteout::file_markers(
+                        pfd.as_fd(),
+                        name.as_cstr(),
+                        self.upper_prefixes(),
+                    )?
+                    .xattr_whiteout =>
+            {
+                Ok(UpperSlot::Whiteout)
+            }
+            Ok(_) => Ok(UpperSlot::Taken),
+            Err(e) if e.code() == libc::ENOENT => Ok(UpperSlot::Free),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Owner of a new object: the caller, with the group of a set-group-id
     /// parent directory.
     fn new_owner(&self, caller: Caller, parent: &Stat) -> Result<(u32, u32)> {
-        let uid = self.cfg.uids.to_host(caller.uid).ok_or(Errno::EOVERFLOW)?;
+        let uid = self
+            .cfg
+            .uids
+            .to_stored(caller.uid)
+            .ok_or(Errno::EOVERFLOW)?;
         let gid = if parent.mode & libc::S_ISGID != 0 {
             parent.gid
         } else {
-            self.cfg.gids.to_host(caller.gid).ok_or(Errno::EOVERFLOW)?
+            self.cfg
+                .gids
+                .to_stored(caller.gid)
+                .ok_or(Errno::EOVERFLOW)?
         };
         Ok((uid, gid))
     }
@@ -144,17 +235,12 @@ impl Plyfs {
     /// a whiteout or an opaque directory.
     pub fn lower_presence(&self, parent: &Arc<Node>, name: &Name) -> Result<bool> {
         let stack = self.dir_stack(parent)?;
-        let oci = crate::whiteout::oci_whiteout_name(name.as_bytes())
-            .map(|n| Name::new(&n))
-            .transpose()?;
-        for lo in stack.iter() {
+        for (i, lo) in stack.iter().enumerate() {
             let lfd = lo.dir_fd()?;
             match sys::fs::lstatat(lfd.as_fd(), name.as_cstr()) {
                 Ok(st) => return Ok(!crate::whiteout::is_char_whiteout(&st)),
                 Err(e) if e.code() == libc::ENOENT => {
-                    if let Some(wh) = &oci
-                        && sys::fs::lstatat(lfd.as_fd(), wh.as_cstr()).is_ok()
-                    {
+                    if i + 1 < stack.len() && lo.has_oci_whiteout(name.as_bytes())? {
                         return Ok(false);
                     }
                 }
@@ -304,22 +390,5 @@ impl Plyfs {
             return Err(e);
         }
         sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
-    }
-}
-
-impl Found {
-    /// A found object that exists only in the upper layer.
-    pub fn upper_only_stat(st: Stat) -> Found {
-        Found {
-            kind: st.file_type(),
-            stat: st,
-            upper: Some((st.dev, st.ino)),
-            lowers: Vec::new(),
-            stack_checked: true,
-            opaque: false,
-            impure: false,
-            xattr_whiteouts: false,
-            origin: None,
-        }
     }
 }

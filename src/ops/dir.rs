@@ -8,7 +8,7 @@ use fuser::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::handles::DirHandle;
-use crate::listing::Listing;
+use crate::listing::{DOT_OFFSET, DOTDOT_OFFSET, Listing};
 use crate::names::Name;
 use crate::node::Node;
 use crate::sys::{self, Errno};
@@ -20,6 +20,13 @@ pub struct DirItem {
     pub next: u64,
     pub kind: u32,
     pub name: Box<[u8]>,
+}
+
+/// What readdirplus hands over for one entry: the node and its attributes,
+/// or for a names-only entry just the name, type and d_ino (no reference).
+pub enum PlusEntry<'a> {
+    Full(&'a FileAttr, u64),
+    NamesOnly,
 }
 
 impl Plyfs {
@@ -38,18 +45,42 @@ impl Plyfs {
         self.handles.remove_dir(fh);
     }
 
-    /// The listing a handle reads at `offset`. Reading from the start again
-    /// (rewinddir) picks up changes made since the handle was opened.
-    fn listing_for(&self, h: &DirHandle, offset: u64) -> Result<Arc<Listing>> {
-        let mut g = h.listing.lock();
-        if let Some(l) = g.as_ref() {
-            let current = h.node.version.load(Ordering::Relaxed);
-            if offset > 0 || l.version == current {
-                return Ok(l.clone());
+    /// The listing a handle reads at `offset`. Reading from the start
+    /// (opendir, rewinddir) takes the directory's current listing, shared by
+    /// all handles and rebuilt only after the directory changed; later reads
+    /// keep the handle's listing, and since offsets are name hashes any
+    /// listing continues any other correctly.
+    fn listing_for(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Node>, Arc<Listing>)> {
+        let Some(h) = self.handles.dir(fh) else {
+            // No handle (the kernel opens directories itself): the current
+            // listing; name-hash offsets make any listing continue any other.
+            let node = self.node(ino)?;
+            if !node.is_dir() {
+                return Err(Errno::ENOTDIR);
             }
+            let l = self.current_listing(&node)?;
+            return Ok((node, l));
+        };
+        let mut g = h.listing.lock();
+        if let Some(l) = g.as_ref()
+            && offset > 0
+        {
+            return Ok((h.node.clone(), l.clone()));
         }
-        let l = Arc::new(self.build_listing(&h.node)?);
+        let l = self.current_listing(&h.node)?;
         *g = Some(l.clone());
+        Ok((h.node.clone(), l))
+    }
+
+    /// The directory's listing at its current version (cached in the node).
+    pub fn current_listing(&self, dir: &Arc<Node>) -> Result<Arc<Listing>> {
+        let mut cache = dir.listing.lock();
+        let current = dir.version.load(Ordering::Relaxed);
+        if let Some(l) = cache.as_ref().filter(|l| l.version == current) {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(self.build_listing(dir)?);
+        *cache = Some(l.clone());
         Ok(l)
     }
 
@@ -62,43 +93,46 @@ impl Plyfs {
             .unwrap_or(crate::ino::ROOT)
     }
 
-    /// Entries from `offset` on; `add` returns false once the reply is full.
+    /// Entries after directory offset `offset`; `add` returns false once
+    /// the reply is full.
     pub fn do_readdir(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(DirItem) -> bool,
     ) -> Result<()> {
-        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let l = self.listing_for(&h, offset)?;
-        let dots = [
-            (h.node.ino, b".".as_slice()),
-            (self.parent_ino(&h.node), b"..".as_slice()),
-        ];
-        let total = l.entries.len() as u64 + 2;
-        let mut i = offset;
-        while i < total {
-            let item = if i < 2 {
-                let (ino, name) = dots[i as usize];
-                DirItem {
-                    ino,
-                    next: i + 1,
-                    kind: libc::S_IFDIR,
-                    name: name.into(),
-                }
-            } else {
-                let e = &l.entries[(i - 2) as usize];
-                DirItem {
-                    ino: e.ino,
-                    next: i + 1,
-                    kind: e.kind,
-                    name: e.name.clone(),
-                }
+        let (dir, l) = self.listing_for(ino, fh, offset)?;
+        if offset < DOT_OFFSET
+            && !add(DirItem {
+                ino: dir.ino,
+                next: DOT_OFFSET,
+                kind: libc::S_IFDIR,
+                name: b".".as_slice().into(),
+            })
+        {
+            return Ok(());
+        }
+        if offset < DOTDOT_OFFSET
+            && !add(DirItem {
+                ino: self.parent_ino(&dir),
+                next: DOTDOT_OFFSET,
+                kind: libc::S_IFDIR,
+                name: b"..".as_slice().into(),
+            })
+        {
+            return Ok(());
+        }
+        for e in &l.entries[l.first_after(offset)..] {
+            let item = DirItem {
+                ino: e.ino,
+                next: e.cookie,
+                kind: e.kind,
+                name: e.name.clone(),
             };
             if !add(item) {
                 break;
             }
-            i += 1;
         }
         Ok(())
     }
@@ -109,62 +143,75 @@ impl Plyfs {
     /// given back.
     pub fn do_readdirplus(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
-        mut add: impl FnMut(&DirItem, &FileAttr, u64) -> bool,
+        mut add: impl FnMut(&DirItem, PlusEntry<'_>) -> bool,
     ) -> Result<()> {
-        let h = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let l = self.listing_for(&h, offset)?;
-        let total = l.entries.len() as u64 + 2;
-        let mut i = offset;
-        while i < total {
-            if i < 2 {
-                let node = if i == 0 {
-                    h.node.clone()
-                } else {
-                    self.node(self.parent_ino(&h.node))
-                        .unwrap_or_else(|_| h.node.clone())
-                };
-                let attr = self.node_attr(&node)?;
-                let item = DirItem {
-                    ino: node.ino,
-                    next: i + 1,
-                    kind: libc::S_IFDIR,
-                    name: if i == 0 {
-                        b".".as_slice().into()
-                    } else {
-                        b"..".as_slice().into()
-                    },
-                };
-                if !add(&item, &attr, node.generation) {
-                    break;
-                }
-                i += 1;
+        let (dir, l) = self.listing_for(ino, fh, offset)?;
+        for (off, name) in [
+            (DOT_OFFSET, b".".as_slice()),
+            (DOTDOT_OFFSET, b"..".as_slice()),
+        ] {
+            if offset >= off {
                 continue;
             }
-            let e = &l.entries[(i - 2) as usize];
-            let found = match self.entry_found(&h.node, e, &l.stack) {
+            let node = if off == DOT_OFFSET {
+                dir.clone()
+            } else {
+                self.node(self.parent_ino(&dir))
+                    .unwrap_or_else(|_| dir.clone())
+            };
+            let attr = self.node_attr(&node)?;
+            let item = DirItem {
+                ino: node.ino,
+                next: off,
+                kind: libc::S_IFDIR,
+                name: name.into(),
+            };
+            if !add(&item, PlusEntry::Full(&attr, node.generation)) {
+                return Ok(());
+            }
+        }
+        // Decided once per listing: names-only entries for non-directories?
+        let names_only = if offset <= DOTDOT_OFFSET {
+            let n = self.plus.start_listing();
+            dir.lazy_listed.store(n, Ordering::Relaxed);
+            n
+        } else {
+            dir.lazy_listed.load(Ordering::Relaxed)
+        };
+        for e in &l.entries[l.first_after(offset)..] {
+            if names_only && e.kind != libc::S_IFDIR {
+                let item = DirItem {
+                    ino: e.ino,
+                    next: e.cookie,
+                    kind: e.kind,
+                    name: e.name.clone(),
+                };
+                if !add(&item, PlusEntry::NamesOnly) {
+                    break;
+                }
+                continue;
+            }
+            let found = match self.entry_found(&dir, e, &l.stack) {
                 Ok(f) => f,
                 // Removed since the listing was made.
-                Err(err) if err.code() == libc::ENOENT => {
-                    i += 1;
-                    continue;
-                }
+                Err(err) if err.code() == libc::ENOENT => continue,
                 Err(err) => return Err(err),
             };
             let name = Name::new(&e.name)?;
-            let (node, attr) = self.remember(&h.node, &name, found)?;
+            let (node, attr) = self.remember(&dir, &name, found)?;
             let item = DirItem {
                 ino: node.ino,
-                next: i + 1,
+                next: e.cookie,
                 kind: node.kind,
                 name: e.name.clone(),
             };
-            if !add(&item, &attr, node.generation) {
+            if !add(&item, PlusEntry::Full(&attr, node.generation)) {
                 self.table.forget(node.ino, 1);
                 break;
             }
-            i += 1;
         }
         Ok(())
     }

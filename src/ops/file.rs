@@ -14,11 +14,33 @@ pub fn wants_write(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// Opens a lower object without updating its access time, like kernel
+/// overlayfs; O_NOATIME needs ownership or CAP_FOWNER, so fall back.
+pub fn open_noatime(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &crate::names::Name,
+    flags: i32,
+) -> Result<OwnedFd> {
+    match sys::fs::openat(dir, name.as_cstr(), flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => sys::fs::openat(dir, name.as_cstr(), flags, 0),
+        other => other,
+    }
+}
+
 impl Plyfs {
     /// Flags used to open a real file for a request's open flags.
     pub fn real_open_flags(&self, flags: i32) -> i32 {
-        (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
-            | libc::O_NOFOLLOW
+        let mut f = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+            | libc::O_NOFOLLOW;
+        if self.io.writeback() {
+            // The kernel's writeback cache reads pages of write-only files
+            // and does appends itself.
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f
     }
 
     /// Opens the real file of `node` (upper if it has one), copying it up
@@ -38,18 +60,11 @@ impl Plyfs {
         }
         let real = self.real_open_flags(flags);
         let fd = if node.has_upper() {
-            let (pfd, name) = self.upper_loc(node)?;
-            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+            self.open_upper(node, real)?
         } else {
-            let lower = node
-                .state
-                .read()
-                .lowers
-                .first()
-                .cloned()
-                .ok_or(Errno::EIO)?;
+            let lower = node.top_lower()?;
             let (pfd, name) = lower.locate()?;
-            sys::fs::openat(pfd.as_fd(), name.as_cstr(), real, 0)?
+            open_noatime(pfd.as_fd(), &name, real)?
         };
         if flags & libc::O_TRUNC != 0 {
             sys::io::ftruncate(fd.as_fd(), 0)?;
@@ -86,13 +101,7 @@ impl Plyfs {
         if f.is_on_upper() || !f.node.has_upper() {
             return Ok(());
         }
-        let (pfd, name) = self.upper_loc(&f.node)?;
-        let fd = sys::fs::openat(
-            pfd.as_fd(),
-            name.as_cstr(),
-            self.real_open_flags(f.flags),
-            0,
-        )?;
+        let fd = self.open_upper(&f.node, self.real_open_flags(f.flags))?;
         f.switch_to_upper(fd);
         Ok(())
     }
@@ -100,10 +109,7 @@ impl Plyfs {
     pub fn do_read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.handle(fh)?;
         self.refresh_handle(&f)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::io::pread_full(f.fd().as_fd(), &mut buf, offset)?;
-        buf.truncate(n);
-        Ok(buf)
+        sys::io::pread_vec(f.fd().as_fd(), size as usize, offset)
     }
 
     pub fn do_write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
@@ -115,8 +121,9 @@ impl Plyfs {
     }
 
     pub fn do_release(&self, fh: u64) {
-        let f = self.handles.remove_file(fh);
-        drop(f);
+        if let Some(f) = self.handles.remove_file(fh) {
+            crate::tuning::released(&f);
+        }
     }
 
     pub fn do_fsync(&self, fh: u64, datasync: bool) -> Result<()> {

@@ -18,7 +18,17 @@ impl Plyfs {
     pub fn do_lookup(&self, parent: u64, name: &Name) -> Result<Option<(Arc<Node>, FileAttr)>> {
         let parent = self.node(parent)?;
         match self.resolve(&parent, name)? {
-            Lookup::Found(f) => Ok(Some(self.remember(&parent, name, f)?)),
+            Lookup::Found(f) => {
+                if !f.is_dir()
+                    && parent
+                        .lazy_listed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    // A walk stats the entries of a names-only listing.
+                    self.plus.hit();
+                }
+                Ok(Some(self.remember(&parent, name, f)?))
+            }
             Lookup::Missing { .. } => Ok(None),
         }
     }
@@ -36,7 +46,21 @@ impl Plyfs {
             return self.attr_from(&f.node, &st);
         }
         let node = self.node(ino)?;
-        self.node_attr(&node)
+        match self.node_attr(&node) {
+            // The kernel sends fstat() without a handle: a file whose names
+            // are all gone answers from one of its open descriptors.
+            Err(e) if e.code() == libc::ENOENT => {
+                let f = self
+                    .handles
+                    .files_of(node.ino)
+                    .into_iter()
+                    .next()
+                    .ok_or(e)?;
+                let st = sys::fs::fstat(f.fd().as_fd())?;
+                self.attr_from(&node, &st)
+            }
+            other => other,
+        }
     }
 
     pub fn do_readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -48,13 +72,7 @@ impl Plyfs {
             let (pfd, name) = self.upper_loc(&node)?;
             return sys::fs::readlinkat(pfd.as_fd(), name.as_cstr());
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         let (pfd, name) = lower.locate()?;
         sys::fs::readlinkat(pfd.as_fd(), name.as_cstr())
     }

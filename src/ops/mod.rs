@@ -15,4 +15,7 @@ pub mod xattr;
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, for creations (applied by plyfs when the kernel
+    /// leaves it to the filesystem, `FUSE_DONT_MASK`).
+    pub umask: u32,
 }

@@ -11,11 +11,9 @@ use std::sync::Arc;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
-use crate::node::{Node, NodeState};
+use crate::node::Node;
 use crate::resolve::Found;
 use crate::sys::{self, Errno};
-use crate::whiteout;
-use crate::workdir::remove_tree;
 
 impl Plyfs {
     pub fn do_unlink(&self, parent: u64, name: &Name) -> Result<()> {
@@ -45,6 +43,9 @@ impl Plyfs {
         let needs_whiteout =
             f.has_lower() || (f.upper.is_some() && self.lower_presence(&parent, name)?);
         let last_link = f.is_dir() || f.stat.nlink <= 1;
+        if let Some(v) = victim.as_ref().filter(|_| last_link && f.upper.is_some()) {
+            self.pin_inode(v, pfd.as_fd(), name);
+        }
         match (f.upper.is_some(), needs_whiteout) {
             (true, true) => self.replace_with_whiteout(&pfd, name)?,
             (true, false) if dir => {
@@ -52,12 +53,15 @@ impl Plyfs {
                 let work = self.work()?;
                 let tmp = work.temp_name()?;
                 sys::fs::renameat2(pfd.as_fd(), name.as_cstr(), work.fd(), tmp.as_cstr(), 0)?;
-                work.discard(&tmp);
+                work.discard_later(&tmp);
             }
             (true, false) => sys::fs::unlinkat(pfd.as_fd(), name.as_cstr(), false)?,
-            (false, _) => whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?,
+            (false, _) => self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?,
         }
         parent.touch_version();
+        if let (Some(u), true) = (f.upper, last_link) {
+            self.inos.unalias(u);
+        }
         if let Some(v) = victim {
             v.remove_alias(parent.ino, name.as_bytes());
             if last_link {
@@ -65,6 +69,18 @@ impl Plyfs {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the inode of an upper object that is about to lose its last
+    /// name alive while the kernel still holds its node: its inode number is
+    /// the node id (fuser reports st_ino as the node id), and the upper
+    /// filesystem must not hand that number to a new file before the kernel
+    /// forgets the old node. Released when the node is dropped.
+    pub fn pin_inode(&self, node: &Node, dir: std::os::fd::BorrowedFd<'_>, name: &Name) {
+        match sys::fs::open_path(dir, name.as_cstr()) {
+            Ok(fd) => *node.pin.lock() = Some(Arc::new(fd)),
+            Err(e) => log::debug!("cannot pin {node:?}: {e:?}"),
+        }
     }
 
     /// Atomically swaps the upper object at `name` for a whiteout and
@@ -82,7 +98,7 @@ impl Plyfs {
             Ok(()) => {}
             Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
                 // No RENAME_WHITEOUT here: stage a whiteout and exchange.
-                whiteout::make_whiteout(work.fd(), tmp.as_cstr())?;
+                work.make_whiteout(work.fd(), tmp.as_cstr())?;
                 if let Err(e) = sys::fs::renameat2(
                     work.fd(),
                     tmp.as_cstr(),
@@ -96,30 +112,18 @@ impl Plyfs {
             }
             Err(e) => return Err(e),
         }
-        remove_tree(work.fd(), tmp.as_cstr())?;
+        work.discard_later(&tmp);
         Ok(())
     }
 
     /// Whether the merged directory found as `name` in `parent` is empty.
     pub fn is_empty_dir(&self, parent: &Arc<Node>, name: &Name, f: &Found) -> Result<bool> {
         // A throwaway node over the same objects (not in the table).
-        let probe = Arc::new(Node::new(
-            0,
-            libc::S_IFDIR,
-            NodeState {
-                aliases: vec![crate::node::Alias {
-                    parent: parent.ino,
-                    name: name.as_bytes().into(),
-                }],
-                upper: f.upper,
-                lowers: f.lowers.clone().into(),
-                stack_checked: f.stack_checked,
-                opaque: f.opaque,
-                impure: f.impure,
-                xattr_whiteouts: f.xattr_whiteouts,
-                unlinked: false,
-            },
-        ));
+        let alias = crate::node::Alias {
+            parent: parent.ino,
+            name: name.as_bytes().into(),
+        };
+        let probe = Arc::new(Node::new(0, libc::S_IFDIR, f.node_state(alias)));
         Ok(self.build_listing(&probe)?.entries.is_empty())
     }
 }

@@ -16,9 +16,11 @@ use parking_lot::MutexGuard;
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::{Alias, Node};
+use crate::options::RedirectMode;
 use crate::ovl_xattr;
 use crate::resolve::{Found, Lookup};
 use crate::sys::{self, Errno};
+use crate::table::Held;
 
 const NOREPLACE: u32 = sys::fs::RENAME_NOREPLACE;
 const EXCHANGE: u32 = sys::fs::RENAME_EXCHANGE;
@@ -64,12 +66,15 @@ impl Plyfs {
             if df.upper.is_none() {
                 return Err(Errno::ENOENT);
             }
-            // Each directory must not merge with lower content at its new name.
-            if sf.is_dir() && !sf.opaque && self.lower_presence(&newparent, newname)? {
-                self.set_opaque(pfd.as_fd(), name)?;
+            let same = Arc::ptr_eq(&parent, &newparent);
+            let dnode = self.number_of(&df).ok().and_then(|i| self.table.get(i));
+            if sf.is_dir() {
+                self.set_redirect(&src, &pfd, name, same)?;
+                self.opaque_if_pure(&src, &sf, &pfd, name, &newparent)?;
             }
-            if df.is_dir() && !df.opaque && self.lower_presence(&parent, name)? {
-                self.set_opaque(npfd.as_fd(), newname)?;
+            if let Some(d) = dnode.as_ref().filter(|d| d.is_dir()) {
+                self.set_redirect(d, &npfd, newname, same)?;
+                self.opaque_if_pure(d, &df, &npfd, newname, &parent)?;
             }
             sys::fs::renameat2(
                 pfd.as_fd(),
@@ -82,6 +87,16 @@ impl Plyfs {
             self.move_alias(&src, &parent, name, &newparent, newname);
             if let Some(d) = dnode {
                 self.move_alias(&d, &newparent, newname, &parent, name);
+            }
+            // Entries whose st_ino comes from an origin moved to another
+            // directory: it is impure now (readdir must read their origin).
+            if !Arc::ptr_eq(&parent, &newparent) {
+                if self.has_origin(&sf) {
+                    self.mark_impure(&newparent, &npfd);
+                }
+                if self.has_origin(&df) {
+                    self.mark_impure(&parent, &pfd);
+                }
             }
             self.after_rename(&parent, &newparent);
             return Ok(());
@@ -118,15 +133,18 @@ impl Plyfs {
             }
             Lookup::Missing { whiteout } => over_whiteout = whiteout,
         }
-        let target_has_lower = match &replaced {
-            Some(df) => df.has_lower() || self.lower_presence(&newparent, newname)?,
-            None => over_whiteout || self.lower_presence(&newparent, newname)?,
-        };
-        if sf.is_dir() && !sf.opaque && target_has_lower {
-            self.set_opaque(pfd.as_fd(), name)?;
-            src.state.write().opaque = true;
+        if sf.is_dir() {
+            self.set_redirect(&src, &pfd, name, Arc::ptr_eq(&parent, &newparent))?;
+            self.opaque_if_pure(&src, &sf, &pfd, name, &newparent)?;
         }
         let src_needs_whiteout = self.lower_presence(&parent, name)?;
+        if let Some(df) = replaced
+            .as_ref()
+            .filter(|d| d.upper.is_some() && (d.is_dir() || d.stat.nlink <= 1))
+            && let Some(v) = self.number_of(df).ok().and_then(|i| self.table.get(i))
+        {
+            self.pin_inode(&v, npfd.as_fd(), newname);
+        }
         if sf.is_dir() && over_whiteout {
             // A directory cannot replace a whiteout (a device node) by
             // rename: exchange the two, then deal with the whiteout.
@@ -157,7 +175,7 @@ impl Plyfs {
                         newname.as_cstr(),
                         0,
                     )?;
-                    crate::whiteout::make_whiteout(pfd.as_fd(), name.as_cstr())?;
+                    self.work()?.make_whiteout(pfd.as_fd(), name.as_cstr())?;
                 }
                 Err(e) => return Err(e),
             }
@@ -171,6 +189,9 @@ impl Plyfs {
             )?;
         }
         if let Some(df) = replaced {
+            if let (Some(u), true) = (df.upper, df.is_dir() || df.stat.nlink <= 1) {
+                self.inos.unalias(u);
+            }
             if let Some(victim) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
                 victim.remove_alias(newparent.ino, newname.as_bytes());
                 if df.is_dir() || df.stat.nlink <= 1 || df.upper.is_none() {
@@ -179,42 +200,92 @@ impl Plyfs {
             }
         }
         self.move_alias(&src, &parent, name, &newparent, newname);
-        if !Arc::ptr_eq(&parent, &newparent) {
+        if !Arc::ptr_eq(&parent, &newparent) && self.has_origin(&sf) {
             self.mark_impure(&newparent, &npfd);
         }
         self.after_rename(&parent, &newparent);
         Ok(())
     }
 
-    /// The node the kernel knows at `name` in `parent`; one that is not in
-    /// the table (never looked up) is made for the duration of the call.
-    pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Arc<Node>> {
+    /// The node at `name` in `parent`, held in the table for as long as the
+    /// caller keeps the guard (the kernel may not hold it, or may forget it
+    /// while plyfs works on it).
+    pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Held<'_>> {
         let f = self.resolve_found(parent, name)?;
-        let ino = self.number_of(&f)?;
-        if let Some(n) = self.table.get(ino) {
-            n.add_alias(Alias {
-                parent: parent.ino,
-                name: name.as_bytes().into(),
-            });
-            return Ok(n);
-        }
         let (node, _) = self.remember(parent, name, f)?;
-        // Not a kernel reference: give it back at once.
-        self.table.forget(node.ino, 1);
-        Ok(node)
+        Ok(Held::new(&self.table, node))
     }
 
-    /// Copies a rename operand up; directories with lower content cannot
-    /// move without a redirect.
+    /// Copies a rename operand up. A directory with lower content is
+    /// copied alone (it will get a redirect), or with its whole tree
+    /// (`redirect_dir=copy`), or refused with EXDEV like the kernel's
+    /// default.
     fn prepare_operand(&self, node: &Arc<Node>) -> Result<()> {
-        if node.is_dir() {
-            let has_lower = !self.dir_stack(node)?.is_empty() || !node.has_upper();
-            if has_lower {
-                return Err(Errno::EXDEV);
-            }
+        if !node.is_dir() {
+            return self.copy_up(node);
+        }
+        if self.dir_stack(node)?.is_empty() && node.has_upper() {
             return Ok(());
         }
-        self.copy_up(node)
+        match self.cfg.redirect {
+            RedirectMode::On => self.copy_up(node),
+            RedirectMode::Copy => self.copy_up_tree(node),
+            RedirectMode::Follow | RedirectMode::NoFollow => Err(Errno::EXDEV),
+        }
+    }
+
+    /// Records where a directory's lower content lives before it moves: its
+    /// old name (relative) within the same parent, else its absolute lower
+    /// path. Like the kernel, longer than 256 bytes is refused with EXDEV.
+    fn set_redirect(
+        &self,
+        dir: &Arc<Node>,
+        pfd: &Arc<std::os::fd::OwnedFd>,
+        name: &Name,
+        same_parent: bool,
+    ) -> Result<()> {
+        if dir.state.read().lowers.is_empty() {
+            return Ok(());
+        }
+        let existing = dir.state.read().redirect.clone();
+        let value: Vec<u8> = match existing {
+            Some(r) if same_parent || r.first() == Some(&b'/') => r.to_vec(),
+            None if same_parent => name.as_bytes().to_vec(),
+            _ => self.lower_path(dir)?,
+        };
+        if value.len() > 256 {
+            return Err(Errno::EXDEV);
+        }
+        let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
+        sys::xattr::set_at(pfd.as_fd(), name.as_cstr(), &attr, &value, 0)?;
+        dir.state.write().redirect = Some(value.into());
+        Ok(())
+    }
+
+    /// A directory without lower content that moves into a merged directory
+    /// is made opaque, so it never merges with what the lower layers have
+    /// at its new name (the kernel's rule).
+    fn opaque_if_pure(
+        &self,
+        dir: &Arc<Node>,
+        f: &Found,
+        pfd: &Arc<std::os::fd::OwnedFd>,
+        name: &Name,
+        newparent: &Arc<Node>,
+    ) -> Result<()> {
+        if f.opaque || !dir.state.read().lowers.is_empty() || self.dir_stack(newparent)?.is_empty()
+        {
+            return Ok(());
+        }
+        self.set_opaque(pfd.as_fd(), name)?;
+        dir.state.write().opaque = true;
+        Ok(())
+    }
+
+    /// Whether a found object has an `overlay.origin` (its st_ino comes
+    /// from a lower object) or lower content.
+    fn has_origin(&self, f: &Found) -> bool {
+        f.origin.is_some() || f.has_lower()
     }
 
     pub fn set_opaque(&self, dir: std::os::fd::BorrowedFd<'_>, name: &Name) -> Result<()> {

@@ -31,11 +31,11 @@ impl Plyfs {
         }
         // Host ids for the new owner; ids outside the mapping cannot be stored.
         let uid = match a.uid {
-            Some(u) => Some(self.cfg.uids.to_host(u).ok_or(Errno::EINVAL)?),
+            Some(u) => Some(self.cfg.uids.to_stored(u).ok_or(Errno::EINVAL)?),
             None => None,
         };
         let gid = match a.gid {
-            Some(g) => Some(self.cfg.gids.to_host(g).ok_or(Errno::EINVAL)?),
+            Some(g) => Some(self.cfg.gids.to_stored(g).ok_or(Errno::EINVAL)?),
             None => None,
         };
         let (dfd, name) = if node.is_dir() {
@@ -45,7 +45,10 @@ impl Plyfs {
             (pfd, Some(name))
         };
         let cname = name.as_ref().map(|n| n.as_cstr()).unwrap_or(c"");
-        if uid.is_some() || gid.is_some() {
+        if self.override_attr().is_some() && (uid.is_some() || gid.is_some() || a.mode.is_some()) {
+            // Ownership and mode live in the override xattr.
+            self.store_override(&node, uid, gid, a.mode)?;
+        } else if uid.is_some() || gid.is_some() {
             sys::fs::lchownat(
                 dfd.as_fd(),
                 cname,
@@ -53,7 +56,7 @@ impl Plyfs {
                 gid.unwrap_or(u32::MAX),
             )?;
         }
-        if let Some(mode) = a.mode {
+        if let Some(mode) = a.mode.filter(|_| self.override_attr().is_none()) {
             sys::fs::chmodat(dfd.as_fd(), cname, mode & 0o7777)?;
         }
         if let Some(size) = a.size {

@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
@@ -11,8 +12,21 @@ use crate::node::Node;
 use crate::ovl_xattr::{self, Visible};
 use crate::sys::{self, Errno};
 
+/// Attributes the kernel reads on nearly every write, chown and permission
+/// check: `security.capability` (to drop it on write) and the POSIX ACLs.
+/// Their absence is remembered per node.
+fn xattr_probe_bit(name: &[u8]) -> u8 {
+    match name {
+        b"security.capability" => 1,
+        b"system.posix_acl_access" => 2,
+        b"system.posix_acl_default" => 4,
+        _ => 0,
+    }
+}
+
 /// How to reach a real object for xattr calls: (parent directory, name), or
 /// an open descriptor for layer roots, which have no parent.
+#[allow(clippy::large_enum_variant)] // short-lived, on the stack
 enum RealRef {
     At(Arc<OwnedFd>, Name),
     Open(OwnedFd),
@@ -61,13 +75,7 @@ impl Plyfs {
             let (pfd, name) = self.upper_loc(node)?;
             return Ok(RealRef::At(pfd, name));
         }
-        let lower = node
-            .state
-            .read()
-            .lowers
-            .first()
-            .cloned()
-            .ok_or(Errno::EIO)?;
+        let lower = node.top_lower()?;
         if lower.parent.is_none() {
             return Ok(RealRef::Open(open_dir(lower.dir_fd()?.as_ref())?));
         }
@@ -79,14 +87,25 @@ impl Plyfs {
         if self.cfg.noacl && name.starts_with(b"system.posix_acl_") {
             return Err(Errno::EOPNOTSUPP);
         }
+        if self.is_override_attr(name) {
+            return Err(Errno::ENODATA);
+        }
         Ok(())
     }
 
     pub fn do_getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
         self.check_acl(name)?;
         let node = self.node(ino)?;
+        let bit = xattr_probe_bit(name);
+        if bit != 0 && node.xattr_absent.load(Ordering::Relaxed) & bit != 0 {
+            return Err(Errno::ENODATA);
+        }
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
-        self.real_ref(&node)?.get(&attr)
+        let res = self.real_ref(&node)?.get(&attr);
+        if bit != 0 && matches!(&res, Err(e) if e.code() == libc::ENODATA) {
+            node.xattr_absent.fetch_or(bit, Ordering::Relaxed);
+        }
+        res
     }
 
     /// The NUL-separated list of visible attribute names.
@@ -95,7 +114,7 @@ impl Plyfs {
         let raw = self.real_ref(&node)?.list()?;
         let mut out = Vec::with_capacity(raw.len());
         for n in sys::xattr::split_list(&raw) {
-            if self.cfg.noacl && n.starts_with(b"system.posix_acl_") {
+            if (self.cfg.noacl && n.starts_with(b"system.posix_acl_")) || self.is_override_attr(n) {
                 continue;
             }
             match ovl_xattr::classify(n) {
@@ -113,6 +132,7 @@ impl Plyfs {
         let node = self.node(ino)?;
         self.upper_layer()?;
         self.copy_up(&node)?;
+        node.xattr_absent.store(0, Ordering::Relaxed);
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
         self.real_ref(&node)?.set(&attr, value, flags)
     }
@@ -127,6 +147,7 @@ impl Plyfs {
             self.real_ref(&node)?.get(&attr)?;
         }
         self.copy_up(&node)?;
+        node.xattr_absent.store(0, Ordering::Relaxed);
         self.real_ref(&node)?.remove(&attr)
     }
 }

@@ -400,6 +400,14 @@ pub fn futimens(fd: BorrowedFd<'_>, atime: TimeSpec, mtime: TimeSpec) -> SysResu
     check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
 }
 
+/// Opens the object an `O_PATH` descriptor refers to, with `flags`, through
+/// its `/proc/self/fd` entry (regular files and directories only).
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| super::Errno::EINVAL)?;
+    openat(cwd(), &path, flags & !libc::O_NOFOLLOW, 0)
+}
+
 /// Duplicates a descriptor (close-on-exec).
 pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned().map_err(super::Errno::from)

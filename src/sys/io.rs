@@ -4,6 +4,23 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::{Errno, SysResult, check, check_size, retry};
 
+/// Reads up to `len` bytes at `offset` from a regular file into a new
+/// buffer, without zero-filling it first (reads of up to 1 MiB are on the
+/// data path).
+pub fn pread_vec(fd: BorrowedFd<'_>, len: usize, offset: u64) -> SysResult<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    let n = retry(|| {
+        // SAFETY: the destination is the vector's spare capacity, `len`
+        // bytes long; nothing reads it before the kernel has written it.
+        check_size(unsafe {
+            libc::pread64(fd.as_raw_fd(), buf.as_mut_ptr().cast(), len, offset as i64)
+        })
+    })?;
+    // SAFETY: pread64 initialised the first `n <= len` bytes.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
+}
+
 /// Reads up to `buf.len()` bytes at `offset`, stopping early only at EOF.
 pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> SysResult<usize> {
     let mut done = 0;

@@ -160,6 +160,14 @@ pub fn waitpid(pid: libc::pid_t) -> SysResult<i32> {
     })
 }
 
+/// Returns free heap memory to the system (glibc `malloc_trim(0)`).
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `umount2(path, MNT_DETACH)`.
 pub fn umount_detach(path: &CStr) -> SysResult<()> {
     // SAFETY: plain syscall on a valid string.
