@@ -19,8 +19,8 @@
 //! of known names and run by [`exec`] against a mount point; [`Pair`] holds
 //! both mounts. Known plyfs bugs are kept out of the way by
 //! [`KNOWN_DIVERGENCES`] (operations not generated),
-//! [`KNOWN_UPPER_DIVERGENCES`] and [`IGNORE_STALE_ALIAS_INOS`]; remove the
-//! entries as plyfs gets fixed.
+//! [`KNOWN_UPPER_DIVERGENCES`]; remove the entries as plyfs gets fixed
+//! (`PLYFS_DIFF_ALL=1` turns them all off, to see which still matter).
 //!
 //! Environment:
 //! - `PLYFS_DIFF_SEED=N`: run only seed N (replay).
@@ -32,6 +32,7 @@
 //! - `PLYFS_DIFF_SHRINK=1`: on a mismatch, shrink the layer tree and the
 //!   operation list to a minimal reproduction (slow) and print it.
 //! - `PLYFS_DIFF_KEEP=1`: keep the layer trees of a failing run.
+//! - `PLYFS_DIFF_ALL=1`: ignore the known divergences (to check fixes).
 //!
 //! Replay a failure: `PLYFS_DIFF_SEED=N PLYFS_DIFF_OPS=M cargo test --test
 //! differential -- --nocapture` (the failure message prints the exact line).
@@ -72,6 +73,9 @@ struct Variant {
     plyfs_opts: &'static str,
     /// Which operation kinds to generate.
     allowed: fn(OpKind) -> bool,
+    /// Whether the upper layers must match too (not when plyfs records a
+    /// directory move differently, e.g. by copying instead of a redirect).
+    compare_uppers: bool,
 }
 
 fn all_ops(_: OpKind) -> bool {
@@ -85,20 +89,42 @@ fn all_ops(_: OpKind) -> bool {
 const VARIANTS: &[Variant] = &[Variant {
     name: "plain",
     kernel_opts: "redirect_dir=off,index=off,metacopy=off",
-    plyfs_opts: "",
+    plyfs_opts: "redirect_dir=off",
     allowed: all_ops,
+    compare_uppers: true,
 }];
 
-/// Configurations plyfs does not support yet; run one explicitly with
+/// Configurations not run by default (not passing yet); run one with
 /// `PLYFS_DIFF_VARIANT=NAME`, and move it to [`VARIANTS`] once it passes.
 /// (`allowed` can restrict the generated operations, e.g. to leave out
 /// directory renames while they are unsupported.)
-const EXTRA_VARIANTS: &[Variant] = &[Variant {
-    name: "redirect",
-    kernel_opts: "redirect_dir=on,index=on",
-    plyfs_opts: "redirect_dir=on,index=on",
-    allowed: all_ops,
-}];
+const EXTRA_VARIANTS: &[Variant] = &[
+    // Directory renames recorded with overlay.redirect on both sides.
+    Variant {
+        name: "redirect",
+        kernel_opts: "redirect_dir=on,index=off,metacopy=off",
+        plyfs_opts: "redirect_dir=on",
+        allowed: all_ops,
+        compare_uppers: true,
+    },
+    // plyfs copies moved directories instead: the merged view must be the
+    // kernel's with redirects, and each must mount the other's upper.
+    Variant {
+        name: "copy",
+        kernel_opts: "redirect_dir=on,index=off,metacopy=off",
+        plyfs_opts: "redirect_dir=copy",
+        allowed: all_ops,
+        compare_uppers: false,
+    },
+    // With the inode index (plyfs does not support index=on yet).
+    Variant {
+        name: "index",
+        kernel_opts: "redirect_dir=on,index=on",
+        plyfs_opts: "redirect_dir=on,index=on",
+        allowed: all_ops,
+        compare_uppers: true,
+    },
+];
 
 /// Known plyfs divergences from the kernel that would otherwise stop every
 /// run at the same place. Each entry names the bug and a predicate on a
@@ -108,49 +134,24 @@ const EXTRA_VARIANTS: &[Variant] = &[Variant {
 type Divergence = (&'static str, fn(&Op, &Model) -> bool);
 const KNOWN_DIVERGENCES: &[Divergence] = &[
     (
-        "plyfs bug: lower hard links share one node; copy-up through one name \
-         goes to the most recently looked-up name (and the other names keep \
-         showing the copy), after which readdir of the root can come back empty",
+        "plyfs divergence: a file with hard links inside a lower layer is \
+         copied up together with its other names (\"link up\", like the \
+         kernel with index=on); the kernel with index=off copies up only the \
+         name written to, so the other names keep the old data and nlink",
         modifies_lower_hardlink,
     ),
     (
-        "plyfs bug: mknod of a 0/0 character device succeeds (the kernel \
-         refuses with EPERM: it would be a whiteout); the new name is then \
-         missing from readdir but stat-able",
-        |op, _| match op {
-            Op::AsUser { op, .. } => matches!(**op, Op::Mknod { kind: 'w', .. }),
-            op => matches!(op, Op::Mknod { kind: 'w', .. }),
-        },
+        "plyfs bug: ftruncate (and fchmod, fchown, futimens, fsetxattr) on \
+         an open fd whose file was unlinked fail with ENOENT (the kernel \
+         works on the open file)",
+        |op, m| matches!(op, Op::FdTruncate { slot, .. } if m.orphan[*slot]),
     ),
     (
-        "plyfs bug: plyfs reads overlay.origin of an upper non-directory only \
-         when its directory is impure (the kernel always does), and link() \
-         does not mark the new name's directory impure: after a remount, a \
-         copied-up file there gets a new st_ino and its names in impure and \
-         other directories become separate nodes (a chown/write through one \
-         name is not seen through the other)",
-        origin_outside_impure,
-    ),
-    (
-        "plyfs bug: fstat/ftruncate (and fchmod, fchown, futimens, \
-         fsetxattr) on an open fd whose file was unlinked fail with ENOENT \
-         (the kernel works on the open file, nlink 0)",
-        |op, m| match op {
-            Op::FdStat { slot } | Op::FdTruncate { slot, .. } => m.orphan[*slot],
-            _ => false,
-        },
-    ),
-    (
-        "plyfs bug: a read-only fd opened before the file was copied up \
-         (through another open) fails reads with ENOENT once the file is \
-         unlinked (the kernel reads the copied-up file)",
-        |op, m| matches!(op, Op::FdRead { slot, .. } if m.orphan[*slot]),
-    ),
-    (
-        "plyfs bug: after a remount, RENAME_EXCHANGE of a copied-up file \
-         with another name, then renaming it again, leaves the new name \
-         failing lookup with ENOENT (readdir lists it)",
-        exchange_copied_up_after_remount,
+        "plyfs bug: after a remount, link() to a file copied up before it \
+         does not mark the new name's directory impure (the kernel does), \
+         and readdir there then reports the upper inode number as d_ino \
+         (and, listed before lookup, as st_ino of a separate node)",
+        link_copied_up_after_remount,
     ),
     (
         "plyfs bug: open(O_TRUNC) by an unprivileged caller does not clear \
@@ -176,12 +177,6 @@ const KNOWN_DIVERGENCES: &[Divergence] = &[
 type UpperDivergence = (&'static str, fn(&mut Snap, &mut Snap));
 const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
     (
-        "plyfs bug: a pure-upper directory renamed into a merged directory is \
-     not marked opaque unless its new name hides a lower entry (the kernel \
-     always marks it, ovl_rename -> ovl_set_opaque_xerr)",
-        ignore_opaque_only_in_kernel,
-    ),
-    (
         "plyfs bug: a rename that fails with EXDEV (a directory with lower \
          content, redirect_dir=off; also RENAME_EXCHANGE) has already copied \
          up the parent directories and the other operand (the kernel checks \
@@ -189,20 +184,10 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
         ignore_extra_plyfs_copies,
     ),
     (
-        "plyfs bug: link() does not mark the new name's directory impure \
-         (see KNOWN_DIVERGENCES)",
-        ignore_impure_only_in_kernel,
-    ),
-    (
         "plyfs divergence (harmless): rename() marks the new parent impure \
          even when the moved entry has no origin (a pure upper directory); \
          the kernel marks it only for entries with an origin",
         ignore_impure_only_in_plyfs,
-    ),
-    (
-        "plyfs bug: whiteouts created in a setgid directory take the \
-         directory's group (the kernel makes them in the workdir: root:root)",
-        ignore_whiteout_owner,
     ),
 ];
 
@@ -219,77 +204,27 @@ fn ignore_extra_plyfs_copies(p: &mut Snap, k: &mut Snap) {
     });
 }
 
-/// Ignores the owner of whiteouts present in both uppers.
-fn ignore_whiteout_owner(p: &mut Snap, k: &mut Snap) {
-    for (path, pe) in p.iter_mut() {
-        if let Some(ke) = k.get(path).filter(|ke| is_whiteout(ke) && is_whiteout(pe)) {
-            pe.uid = ke.uid;
-            pe.gid = ke.gid;
-        }
-    }
-}
-
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
 const IMPURE: &[u8] = b"trusted.overlay.impure";
 
 /// Drops `trusted.overlay.impure` from plyfs-upper directories whose
 /// kernel-upper twin lacks it.
 fn ignore_impure_only_in_plyfs(p: &mut Snap, k: &mut Snap) {
-    ignore_impure_only_in_kernel(k, p);
-}
-
-/// Drops `trusted.overlay.impure` from kernel-upper directories whose
-/// plyfs-upper twin lacks it.
-fn ignore_impure_only_in_kernel(p: &mut Snap, k: &mut Snap) {
-    for (path, ke) in k.iter_mut() {
+    for (path, pe) in p.iter_mut() {
         let has = |e: &EntryInfo| e.xattrs.iter().any(|(n, _)| n == IMPURE);
-        if has(ke) && p.get(path).is_some_and(|pe| !has(pe)) {
-            ke.xattrs.retain(|(n, _)| n != IMPURE);
+        if has(pe) && k.get(path).is_some_and(|ke| !has(ke)) {
+            pe.xattrs.retain(|(n, _)| n != IMPURE);
         }
     }
 }
 
-/// Drops `trusted.overlay.opaque` from kernel-upper directories whose
-/// plyfs-upper twin lacks it.
-fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
-    for (path, ke) in k.iter_mut() {
-        let has = |e: &EntryInfo| e.xattrs.iter().any(|(n, _)| n == OPAQUE);
-        if ke.kind == 'd' && has(ke) && p.get(path).is_some_and(|pe| pe.kind == 'd' && !has(pe)) {
-            ke.xattrs.retain(|(n, _)| n != OPAQUE);
-        }
-    }
-}
-
-/// Keeps copied-up files away from remounts where plyfs gets them wrong: a
-/// remount while plyfs's upper has a copied-up non-directory (with an
-/// origin) in a directory that is not impure, or any copied-up
-/// non-directory with hard links; and, after a remount, links to copied-up
-/// files.
-fn origin_outside_impure(op: &Op, m: &Model) -> bool {
+fn link_copied_up_after_remount(op: &Op, m: &Model) -> bool {
     match op {
-        Op::AsUser { op, .. } => origin_outside_impure(op, m),
-        Op::Remount => m.plyfs_origin_outside_impure(),
+        Op::AsUser { op, .. } => link_copied_up_after_remount(op, m),
         Op::Link { from, .. } if m.remounted => {
             // link() does not follow a final symlink.
-            let src = m.resolve_parent(from);
-            [&m.kernel_upper, &m.plyfs_upper]
-                .iter()
-                .any(|u| get_xattr(&u.join(&src), "trusted.overlay.origin").is_ok())
-        }
-        _ => false,
-    }
-}
-
-fn exchange_copied_up_after_remount(op: &Op, m: &Model) -> bool {
-    match op {
-        Op::AsUser { op, .. } => exchange_copied_up_after_remount(op, m),
-        Op::Rename { from, to, flags } if m.remounted && *flags & libc::RENAME_EXCHANGE != 0 => {
-            [from, to].iter().any(|p| {
-                let p = m.resolve_parent(p);
-                [&m.kernel_upper, &m.plyfs_upper]
-                    .iter()
-                    .any(|u| get_xattr(&u.join(&p), "trusted.overlay.origin").is_ok())
-            })
+            let src = m.kernel_upper.join(m.resolve_parent(from));
+            get_xattr(&src, "trusted.overlay.origin").is_ok()
         }
         _ => false,
     }
@@ -1294,9 +1229,8 @@ struct Model {
     lower_links: BTreeSet<String>,
     /// The kernel mount, to resolve symlinks for those filters.
     kernel_root: PathBuf,
-    /// The upper layers (kernel's, plyfs's), for those filters too.
+    /// The kernel's upper layer, for those filters too.
     kernel_upper: PathBuf,
-    plyfs_upper: PathBuf,
     /// Whether an [`Op::Remount`] ran.
     remounted: bool,
     /// Which fd slots are open (on the kernel side).
@@ -1337,30 +1271,6 @@ impl Model {
             })
             .collect();
         self.seen.extend(self.live.keys().cloned());
-    }
-
-    /// Whether plyfs's upper has a non-directory with an origin xattr in a
-    /// directory without the impure marker, or either upper has one with
-    /// hard links.
-    fn plyfs_origin_outside_impure(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        for upper in [&self.plyfs_upper, &self.kernel_upper] {
-            let mut todo = vec![upper.clone()];
-            while let Some(d) = todo.pop() {
-                let impure = get_xattr(&d, "trusted.overlay.impure").is_ok();
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    let Ok(md) = e.metadata() else { continue };
-                    if md.is_dir() {
-                        todo.push(e.path());
-                    } else if get_xattr(&e.path(), "trusted.overlay.origin").is_ok()
-                        && (md.nlink() > 1 || (!impure && upper == &self.plyfs_upper))
-                    {
-                        return true;
-                    }
-                }
-            }
-        }
-        false
     }
 
     /// `p` with symlinks resolved on the kernel mount (or `p` itself when
@@ -1583,6 +1493,8 @@ fn depth(p: &str) -> usize {
 
 struct Gen {
     rng: SmallRng,
+    /// `PLYFS_DIFF_ALL`: ignore [`KNOWN_DIVERGENCES`].
+    all: bool,
     kinds: Vec<(OpKind, u32)>,
     total: u32,
 }
@@ -1597,6 +1509,7 @@ impl Gen {
         let total = kinds.iter().map(|(_, w)| w).sum();
         Gen {
             rng: SmallRng::seed_from_u64(seed ^ 0x6f70_735f_6765_6e21),
+            all: env_flag("PLYFS_DIFF_ALL"),
             kinds,
             total,
         }
@@ -1787,7 +1700,7 @@ impl Gen {
     fn next(&mut self, m: &Model) -> Op {
         loop {
             let op = self.generate(m);
-            if !KNOWN_DIVERGENCES.iter().any(|(_, f)| f(&op, m)) {
+            if self.all || !KNOWN_DIVERGENCES.iter().any(|(_, f)| f(&op, m)) {
                 return op;
             }
         }
@@ -2700,7 +2613,10 @@ fn upper_snapshots(lp: &Layers, lk: &Layers) -> (Snap, Snap) {
     };
     let mut up = strip(snapshot(&lp.upper));
     let mut uk = strip(snapshot(&lk.upper));
-    for (_, normalize) in KNOWN_UPPER_DIVERGENCES {
+    for (_, normalize) in KNOWN_UPPER_DIVERGENCES
+        .iter()
+        .filter(|_| !env_flag("PLYFS_DIFF_ALL"))
+    {
         normalize(&mut up, &mut uk);
     }
     (up, uk)
@@ -2762,38 +2678,6 @@ fn link_groups_diff(pm: &Path, km: &Path) -> String {
         only(&gp, &gk),
         only(&gk, &gp)
     )
-}
-
-/// Known plyfs bug: the number a copied-up object had (its lower inode) stays
-/// attached to its upper inode number after the object is deleted; ext4
-/// reuses the number for a new upper file, which then reports the deleted
-/// object's st_ino until a remount. When set, [`Op::Remount`] ignores such
-/// st_ino changes (see [`stale_alias_inos`]).
-const IGNORE_STALE_ALIAS_INOS: bool = true;
-
-/// Paths whose plyfs st_ino changed across a remount from some lower inode
-/// number to their own upper inode number (the stale-alias bug above).
-fn stale_alias_inos(
-    lp: &Layers,
-    before: &BTreeMap<String, u64>,
-    after: &BTreeMap<String, u64>,
-) -> BTreeSet<String> {
-    use std::os::unix::fs::MetadataExt;
-    let lower: BTreeSet<u64> = lp
-        .lowers
-        .iter()
-        .flat_map(|l| inode_map(l).into_values())
-        .collect();
-    before
-        .iter()
-        .filter(|(p, i)| {
-            after.get(*p).is_some_and(|j| j != *i)
-                && lower.contains(*i)
-                && std::fs::symlink_metadata(lp.upper.join(p))
-                    .is_ok_and(|m| Some(&m.ino()) == after.get(*p))
-        })
-        .map(|(p, _)| p.clone())
-        .collect()
 }
 
 /// Both filesystems over identical layer trees: plyfs over `lp`, the kernel
@@ -2884,15 +2768,10 @@ impl<'v> Pair<'v> {
                 panic!("remount failed: {e}");
             }
             let after = (inode_map(&self.lp().mnt), inode_map(&self.lk().mnt));
-            let stale = if IGNORE_STALE_ALIAS_INOS {
-                stale_alias_inos(self.lp(), &before.0, &after.0)
-            } else {
-                BTreeSet::new()
-            };
             let changed = |b: &BTreeMap<String, u64>, a: &BTreeMap<String, u64>| {
                 let names = b
                     .iter()
-                    .filter(|(p, i)| a.get(*p).is_some_and(|j| j != *i) && !stale.contains(*p))
+                    .filter(|(p, i)| a.get(*p).is_some_and(|j| j != *i))
                     .map(|(p, _)| p.clone());
                 Outcome::Names(names.collect())
             };
@@ -2913,7 +2792,7 @@ impl<'v> Pair<'v> {
         self.unmount();
         let (up, uk) = upper_snapshots(self.lp(), self.lk());
         let d = diff_text(&up, &uk, "plyfs upper", "kernel upper", 40);
-        if !d.is_empty() {
+        if self.variant.compare_uppers && !d.is_empty() {
             return Some((
                 Sig::Upper(first_difference(&up, &uk)),
                 format!("upper layers differ:\n{d}"),
@@ -3150,7 +3029,6 @@ fn run_seed(seed: u64, nops: usize, variant: &Variant) -> Model {
     let mut model = Model {
         kernel_root: std::fs::canonicalize(&km).expect("kernel mount"),
         kernel_upper: run.pair.lk().upper.clone(),
-        plyfs_upper: run.pair.lp().upper.clone(),
         lower_links: spec
             .iter()
             .flat_map(|b| match b {
