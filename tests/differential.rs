@@ -189,7 +189,25 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
          the kernel marks it only for entries with an origin",
         ignore_impure_only_in_plyfs,
     ),
+    (
+        "kernel quirk (not a plyfs bug): renaming a pure upper directory \
+         into a merged one marks it opaque before the rename itself, so the \
+         marker stays when the rename then fails (e.g. ENOTEMPTY); plyfs \
+         checks first",
+        ignore_opaque_only_in_kernel,
+    ),
 ];
+
+/// Drops `trusted.overlay.opaque` from kernel-upper directories whose
+/// plyfs-upper twin lacks it.
+fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
+    for (path, ke) in k.iter_mut() {
+        let has = |e: &EntryInfo| e.xattrs.iter().any(|(n, _)| n == OPAQUE);
+        if ke.kind == 'd' && has(ke) && p.get(path).is_some_and(|pe| pe.kind == 'd' && !has(pe)) {
+            ke.xattrs.retain(|(n, _)| n != OPAQUE);
+        }
+    }
+}
 
 fn is_whiteout(e: &EntryInfo) -> bool {
     e.kind == 'c' && e.rdev == 0
