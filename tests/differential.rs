@@ -190,6 +190,14 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
         ignore_impure_only_in_plyfs,
     ),
     (
+        "plyfs bug: unlinking a name that a rename had put over a lower \
+         entry makes the whiteout with mknod in the directory (so in a \
+         setgid directory it takes the directory's group), not by linking \
+         the shared root-owned whiteout as the kernel (and plyfs elsewhere) \
+         does",
+        ignore_whiteout_owner,
+    ),
+    (
         "kernel quirk (not a plyfs bug): renaming a pure upper directory \
          into a merged one marks it opaque before the rename itself, so the \
          marker stays when the rename then fails (e.g. ENOTEMPTY); plyfs \
@@ -197,6 +205,16 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
         ignore_opaque_only_in_kernel,
     ),
 ];
+
+/// Ignores the owner of whiteouts present in both uppers.
+fn ignore_whiteout_owner(p: &mut Snap, k: &mut Snap) {
+    for (path, pe) in p.iter_mut() {
+        if let Some(ke) = k.get(path).filter(|ke| is_whiteout(ke) && is_whiteout(pe)) {
+            pe.uid = ke.uid;
+            pe.gid = ke.gid;
+        }
+    }
+}
 
 /// Drops `trusted.overlay.opaque` from kernel-upper directories whose
 /// plyfs-upper twin lacks it.
