@@ -184,12 +184,6 @@ const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
         ignore_extra_plyfs_copies,
     ),
     (
-        "plyfs divergence (harmless): rename() marks the new parent impure \
-         even when the moved entry has no origin (a pure upper directory); \
-         the kernel marks it only for entries with an origin",
-        ignore_impure_only_in_plyfs,
-    ),
-    (
         "plyfs bug: unlinking a name that a rename had put over a lower \
          entry makes the whiteout with mknod in the directory (so in a \
          setgid directory it takes the directory's group), not by linking \
@@ -241,19 +235,6 @@ fn ignore_extra_plyfs_copies(p: &mut Snap, k: &mut Snap) {
 }
 
 const OPAQUE: &[u8] = b"trusted.overlay.opaque";
-const IMPURE: &[u8] = b"trusted.overlay.impure";
-
-/// Drops `trusted.overlay.impure` from plyfs-upper directories whose
-/// kernel-upper twin lacks it.
-fn ignore_impure_only_in_plyfs(p: &mut Snap, k: &mut Snap) {
-    for (path, pe) in p.iter_mut() {
-        let has = |e: &EntryInfo| e.xattrs.iter().any(|(n, _)| n == IMPURE);
-        if has(pe) && k.get(path).is_some_and(|ke| !has(ke)) {
-            pe.xattrs.retain(|(n, _)| n != IMPURE);
-        }
-    }
-}
-
 fn link_copied_up_after_remount(op: &Op, m: &Model) -> bool {
     match op {
         Op::AsUser { op, .. } => link_copied_up_after_remount(op, m),
