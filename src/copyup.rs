@@ -178,6 +178,20 @@ impl Plyfs {
         }
     }
 
+    /// Removes `overlay.impure` from a pure upper directory whose listing
+    /// found no entry numbered from an origin, as the kernel does when it
+    /// reads such a directory (best effort: the mark is only a hint).
+    pub fn clear_impure(&self, dir: &Arc<Node>, dfd: &Arc<OwnedFd>) {
+        let attr = self.cfg.prefix.name(ovl_xattr::IMPURE);
+        let res = sys::fs::openat(dfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|d| sys::xattr::fremove(d.as_fd(), &attr));
+        match res {
+            Ok(()) => dir.state.write().impure = false,
+            Err(e) if e.code() == libc::ENODATA => dir.state.write().impure = false,
+            Err(e) => log::debug!("cannot clear impure on {dir:?}: {e:?}"),
+        }
+    }
+
     /// Builds the copy of the lower object `lname` (in `lpfd`, with stat
     /// `st`) as `tmp` in the work directory.
     fn stage_copy(

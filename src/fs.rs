@@ -369,8 +369,15 @@ impl Plyfs {
         };
         if has_upper {
             if node.is_dir() {
-                let fd = self.upper_dir_fd(node)?;
-                return sys::fs::fstat(fd.as_fd());
+                return match self.upper_dir_fd(node) {
+                    Ok(fd) => sys::fs::fstat(fd.as_fd()),
+                    // A removed directory still open somewhere.
+                    Err(e) if e.code() == libc::ENOENT => match self.pinned(node) {
+                        Some(pin) => sys::fs::fstat(pin.as_fd()),
+                        None => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
             }
             return match self.upper_named(node) {
                 Ok((_, _, st)) => Ok(st),

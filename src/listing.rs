@@ -298,6 +298,15 @@ impl Plyfs {
             }
         }
 
+        let impure_unneeded = has_upper
+            && stack.is_empty()
+            && dir.state.read().impure
+            && entries
+                .iter()
+                .all(|e| e.origin.is_none() && e.redirect.is_none());
+        if impure_unneeded {
+            self.clear_impure(dir, &self.upper_dir_fd(dir)?);
+        }
         let udev = self.upper.as_ref().map(|u| u.dev).unwrap_or(0);
         for e in entries.iter_mut() {
             e.ino = self.entry_number(e, udev, &stack)?;

@@ -20,6 +20,7 @@ use crate::ops::Caller;
 use crate::ovl_xattr;
 use crate::resolve::Found;
 use crate::sys::{self, Errno, fs::Stat};
+use crate::whiteout;
 use crate::workdir::remove_tree;
 
 /// What to create.
@@ -115,9 +116,13 @@ impl Plyfs {
             let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
             let attr = self.attr_from(&node, &st)?;
             self.add_alias(&node, parent.ino, name);
-            if !node.state.read().lowers.is_empty() {
-                // A copied-up file (st_ino from its origin) now has a name
-                // here: readdir must read origins in this directory.
+            // A copied-up file (st_ino from its origin) now has a name here:
+            // readdir must read origins in this directory. After a remount
+            // the node may not know its lower object, so ask the file.
+            let copied_up = !node.state.read().lowers.is_empty()
+                || whiteout::file_markers(pfd.as_fd(), name.as_cstr(), self.upper_prefixes())
+                    .is_ok_and(|m| m.origin.is_some());
+            if copied_up {
                 self.mark_impure(&parent, &pfd);
             }
             return Ok(Created { node, attr, fd });
@@ -274,7 +279,9 @@ impl Plyfs {
                 final_mode = Some(mode & 0o7777);
             }
             NewObject::Dir { mode } => {
-                let mut m = mode & 0o7777;
+                // Like mkdir(2): setuid/setgid are not taken from the mode
+                // (setgid comes from the parent).
+                let mut m = mode & (0o777 | libc::S_ISVTX);
                 if setgid_dir {
                     m |= libc::S_ISGID;
                 }

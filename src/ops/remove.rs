@@ -40,8 +40,13 @@ impl Plyfs {
         }
         let victim = self.number_of(&f).ok().and_then(|ino| self.table.get(ino));
         let pfd = self.upper_dir_fd(&parent)?;
-        let needs_whiteout =
-            f.has_lower() || (f.upper.is_some() && self.lower_presence(&parent, name)?);
+        // Like the kernel, an upper object needs a whiteout only when its
+        // name shows below: a moved (redirected) directory's lower content
+        // is already hidden at its old name.
+        let needs_whiteout = match f.upper {
+            Some(_) => self.lower_presence(&parent, name)?,
+            None => f.has_lower(),
+        };
         let last_link = f.is_dir() || f.stat.nlink <= 1;
         if let Some(v) = victim.as_ref().filter(|_| last_link && f.upper.is_some()) {
             self.pin_inode(v, pfd.as_fd(), name);
@@ -88,16 +93,25 @@ impl Plyfs {
     pub fn replace_with_whiteout(&self, pfd: &Arc<OwnedFd>, name: &Name) -> Result<()> {
         let work = self.work()?;
         let tmp = work.temp_name()?;
-        match sys::fs::renameat2(
-            pfd.as_fd(),
-            name.as_cstr(),
-            work.fd(),
-            tmp.as_cstr(),
-            sys::fs::RENAME_WHITEOUT,
-        ) {
+        // RENAME_WHITEOUT makes the whiteout in the directory, so a setgid
+        // directory would give it its group; the kernel's whiteouts come
+        // from the work directory (owned by the mounter), so stage one there.
+        let setgid = sys::fs::fstat(pfd.as_fd())?.mode & libc::S_ISGID != 0;
+        let direct = if setgid {
+            Err(sys::Errno::EINVAL)
+        } else {
+            sys::fs::renameat2(
+                pfd.as_fd(),
+                name.as_cstr(),
+                work.fd(),
+                tmp.as_cstr(),
+                sys::fs::RENAME_WHITEOUT,
+            )
+        };
+        match direct {
             Ok(()) => {}
             Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
-                // No RENAME_WHITEOUT here: stage a whiteout and exchange.
+                // Stage a whiteout and exchange it with the object.
                 work.make_whiteout(work.fd(), tmp.as_cstr())?;
                 if let Err(e) = sys::fs::renameat2(
                     work.fd(),

@@ -158,9 +158,11 @@ impl Plyfs {
         {
             self.pin_inode(&v, npfd.as_fd(), newname);
         }
-        if sf.is_dir() && over_whiteout {
+        if over_whiteout && (sf.is_dir() || src_needs_whiteout) {
             // A directory cannot replace a whiteout (a device node) by
-            // rename: exchange the two, then deal with the whiteout.
+            // rename, and a name that needs a whiteout can take this one
+            // (as the kernel does): exchange the two, then deal with the
+            // whiteout.
             sys::fs::renameat2(
                 pfd.as_fd(),
                 name.as_cstr(),
