@@ -298,7 +298,10 @@ impl Plyfs {
             }
         }
 
+        // (Not for throwaway probe nodes, number 0: the real node would keep
+        // believing the mark is there.)
         let impure_unneeded = has_upper
+            && dir.ino != 0
             && stack.is_empty()
             && dir.state.read().impure
             && entries
