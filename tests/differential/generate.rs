@@ -47,6 +47,8 @@ pub(crate) struct Gen {
     pub(crate) rng: SmallRng,
     /// `PLYFS_DIFF_ALL`: ignore [`KNOWN_DIVERGENCES`].
     pub(crate) all: bool,
+    /// The kernel runs with `index=on`.
+    pub(crate) index: bool,
     pub(crate) kinds: Vec<(OpKind, u32)>,
     pub(crate) total: u32,
 }
@@ -62,6 +64,7 @@ impl Gen {
         Gen {
             rng: SmallRng::seed_from_u64(seed ^ 0x6f70_735f_6765_6e21),
             all: env_flag("PLYFS_DIFF_ALL"),
+            index: variant.kernel_opts.contains("index=on"),
             kinds,
             total,
         }
@@ -252,7 +255,10 @@ impl Gen {
     pub(crate) fn next(&mut self, m: &Model) -> Op {
         loop {
             let op = self.generate(m);
-            if self.all || !KNOWN_DIVERGENCES.iter().any(|(_, f)| f(&op, m)) {
+            let known = KNOWN_DIVERGENCES
+                .iter()
+                .any(|(_, f, with_index)| (*with_index || !self.index) && f(&op, m));
+            if self.all || !known {
                 return op;
             }
         }

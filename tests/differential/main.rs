@@ -133,13 +133,18 @@ pub(crate) const EXTRA_VARIANTS: &[Variant] = &[
         allowed: all_ops,
         compare_uppers: false,
     },
-    // With the inode index (plyfs does not support index=on yet).
+    // Kernel with the inode index, which keeps lower hard links together
+    // on copy-up as plyfs always does: writes to lower hard links are
+    // generated here. The uppers differ (the kernel links copied-up names
+    // one by one, through its index). Not default yet: when a lower hard
+    // link's other name is hidden (whiteout, opaque dir), plyfs reports the
+    // visible link count after copy-up (1) and the kernel the lower one (2).
     Variant {
         name: "index",
         kernel_opts: "redirect_dir=on,index=on",
-        plyfs_opts: "redirect_dir=on,index=on",
+        plyfs_opts: "redirect_dir=on",
         allowed: all_ops,
-        compare_uppers: true,
+        compare_uppers: false,
     },
 ];
 
@@ -148,13 +153,16 @@ pub(crate) const EXTRA_VARIANTS: &[Variant] = &[
 /// generated operation (with the current model); matching operations are not
 /// generated. Keep this empty unless a bug blocks the rest of the run, and
 /// remove the entry as soon as plyfs is fixed.
-pub(crate) type Divergence = (&'static str, fn(&Op, &Model) -> bool);
+/// The third element says whether the divergence remains when the kernel
+/// runs with `index=on`.
+pub(crate) type Divergence = (&'static str, fn(&Op, &Model) -> bool, bool);
 pub(crate) const KNOWN_DIVERGENCES: &[Divergence] = &[(
     "plyfs divergence: a file with hard links inside a lower layer is \
          copied up together with its other names (\"link up\", like the \
          kernel with index=on); the kernel with index=off copies up only the \
          name written to, so the other names keep the old data and nlink",
     modifies_lower_hardlink,
+    false,
 )];
 
 /// Known differences in what plyfs leaves in the upper layer (the merged
