@@ -1030,6 +1030,45 @@ fn chown_of_setuid_file_matches_kernel() {
     assert_eq!(p, k);
 }
 
+/// An unprivileged write clears setuid, and setgid with group execute
+/// (with FUSE passthrough the kernel does it before the backing write).
+#[test]
+fn unprivileged_write_clears_setuid_like_kernel() {
+    if !require_root("unprivileged_write_clears_setuid_like_kernel") {
+        return;
+    }
+    let files = [("a", 0o4755), ("b", 0o2775), ("c", 0o2745), ("d", 0o6775)];
+    let setup = |l: &Layers| {
+        for (n, mode) in files {
+            let p = l.lower(0).join(n);
+            write(&p, b"#!/bin/true\n");
+            std::os::unix::fs::lchown(&p, Some(1000), Some(1000)).unwrap();
+            std::fs::set_permissions(&p, PermissionsExt::from_mode(mode)).unwrap();
+        }
+    };
+    let (p, k) = plyfs_and_kernel(1, setup, |mnt, _| {
+        let mut modes = Vec::new();
+        for (n, _) in files {
+            let path = mnt.join(n);
+            // Twice: the first write copies up, the second is to the upper file.
+            for _ in 0..2 {
+                let ok = std::process::Command::new("setpriv")
+                    .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+                    .args(["sh", "-c", "printf x >> \"$1\"", "sh"])
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "append to {n} as uid 1000");
+            }
+            modes.push(lstat(&path).unwrap().mode() & 0o7777);
+        }
+        modes
+    });
+    assert_eq!(k, vec![0o755, 0o775, 0o2745, 0o775], "kernel");
+    assert_eq!(p, k);
+}
+
 #[test]
 fn directory_nlink_matches_kernel() {
     if !require_root("directory_nlink_matches_kernel") {
