@@ -169,26 +169,29 @@ impl Plyfs {
         if dir.state.read().impure {
             return;
         }
-        let attr = self.cfg.prefix.name(ovl_xattr::IMPURE);
-        let res = sys::fs::openat(dfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| sys::xattr::fset(d.as_fd(), &attr, b"y", 0));
-        match res {
-            Ok(()) => dir.state.write().impure = true,
-            Err(e) => log::debug!("cannot mark {dir:?} impure: {e:?}"),
-        }
+        self.write_impure(dir, dfd, true);
     }
 
     /// Removes `overlay.impure` from a pure upper directory whose listing
     /// found no entry numbered from an origin, as the kernel does when it
     /// reads such a directory (best effort: the mark is only a hint).
     pub fn clear_impure(&self, dir: &Arc<Node>, dfd: &Arc<OwnedFd>) {
+        self.write_impure(dir, dfd, false);
+    }
+
+    /// Sets or removes `overlay.impure` on an upper directory and records
+    /// the result in its node (best effort: failures are only logged).
+    fn write_impure(&self, dir: &Arc<Node>, dfd: &Arc<OwnedFd>, impure: bool) {
         let attr = self.cfg.prefix.name(ovl_xattr::IMPURE);
         let res = sys::fs::openat(dfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| sys::xattr::fremove(d.as_fd(), &attr));
+            .and_then(|d| match impure {
+                true => sys::xattr::fset(d.as_fd(), &attr, b"y", 0),
+                false => sys::xattr::fremove(d.as_fd(), &attr),
+            });
         match res {
-            Ok(()) => dir.state.write().impure = false,
-            Err(e) if e.code() == libc::ENODATA => dir.state.write().impure = false,
-            Err(e) => log::debug!("cannot clear impure on {dir:?}: {e:?}"),
+            Ok(()) => dir.state.write().impure = impure,
+            Err(e) if !impure && e.code() == libc::ENODATA => dir.state.write().impure = false,
+            Err(e) => log::debug!("cannot set impure={impure} on {dir:?}: {e:?}"),
         }
     }
 

@@ -134,7 +134,6 @@ impl Plyfs {
 
         if has_upper {
             let ufd = self.upper_dir_fd(dir)?;
-            let udev = self.upper_layer()?.dev;
             let mut raw = Vec::new();
             sys::dirent::read_dir(open_dir(&ufd)?.as_fd(), |e| raw.push(e))?;
             for e in raw {
@@ -194,7 +193,6 @@ impl Plyfs {
                             .origin;
                 }
                 let open = kind == libc::S_IFDIR && !entry.opaque;
-                let _ = udev;
                 seen.insert(
                     e.name.into(),
                     Seen::Visible {
@@ -203,6 +201,18 @@ impl Plyfs {
                     },
                 );
                 entries.push(entry);
+            }
+            // A pure upper directory (no layers below) is complete here.
+            // (Not for throwaway probe nodes, number 0: the real node would
+            // keep believing the mark is there.)
+            let impure_unneeded = stack.is_empty()
+                && dir.ino != 0
+                && dir.state.read().impure
+                && entries
+                    .iter()
+                    .all(|e| e.origin.is_none() && e.redirect.is_none());
+            if impure_unneeded {
+                self.clear_impure(dir, &ufd);
             }
         }
 
@@ -298,18 +308,6 @@ impl Plyfs {
             }
         }
 
-        // (Not for throwaway probe nodes, number 0: the real node would keep
-        // believing the mark is there.)
-        let impure_unneeded = has_upper
-            && dir.ino != 0
-            && stack.is_empty()
-            && dir.state.read().impure
-            && entries
-                .iter()
-                .all(|e| e.origin.is_none() && e.redirect.is_none());
-        if impure_unneeded {
-            self.clear_impure(dir, &self.upper_dir_fd(dir)?);
-        }
         let udev = self.upper.as_ref().map(|u| u.dev).unwrap_or(0);
         for e in entries.iter_mut() {
             e.ino = self.entry_number(e, udev, &stack)?;

@@ -97,34 +97,32 @@ impl Plyfs {
         // directory would give it its group; the kernel's whiteouts come
         // from the work directory (owned by the mounter), so stage one there.
         let setgid = sys::fs::fstat(pfd.as_fd())?.mode & libc::S_ISGID != 0;
-        let direct = if setgid {
-            Err(sys::Errno::EINVAL)
-        } else {
-            sys::fs::renameat2(
+        let moved = !setgid
+            && match sys::fs::renameat2(
                 pfd.as_fd(),
                 name.as_cstr(),
                 work.fd(),
                 tmp.as_cstr(),
                 sys::fs::RENAME_WHITEOUT,
-            )
-        };
-        match direct {
-            Ok(()) => {}
-            Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => {
-                // Stage a whiteout and exchange it with the object.
-                work.make_whiteout(work.fd(), tmp.as_cstr())?;
-                if let Err(e) = sys::fs::renameat2(
-                    work.fd(),
-                    tmp.as_cstr(),
-                    pfd.as_fd(),
-                    name.as_cstr(),
-                    sys::fs::RENAME_EXCHANGE,
-                ) {
-                    work.discard(&tmp);
-                    return Err(e);
-                }
+            ) {
+                Ok(()) => true,
+                // No RENAME_WHITEOUT on this filesystem.
+                Err(e) if matches!(e.code(), libc::EINVAL | libc::EPERM | libc::ENOTSUP) => false,
+                Err(e) => return Err(e),
+            };
+        if !moved {
+            // Stage a whiteout and exchange it with the object.
+            work.make_whiteout(work.fd(), tmp.as_cstr())?;
+            if let Err(e) = sys::fs::renameat2(
+                work.fd(),
+                tmp.as_cstr(),
+                pfd.as_fd(),
+                name.as_cstr(),
+                sys::fs::RENAME_EXCHANGE,
+            ) {
+                work.discard(&tmp);
+                return Err(e);
             }
-            Err(e) => return Err(e),
         }
         work.discard_later(&tmp);
         Ok(())

@@ -192,46 +192,66 @@ pub(crate) const KNOWN_UPPER_DIVERGENCES: &[UpperDivergence] = &[
     ),
 ];
 
+pub(crate) const OPAQUE: &[u8] = b"trusted.overlay.opaque";
+pub(crate) const REDIRECT: &[u8] = b"trusted.overlay.redirect";
+pub(crate) const IMPURE: &[u8] = b"trusted.overlay.impure";
+pub(crate) const ORIGIN: &[u8] = b"trusted.overlay.origin";
+
+/// The value of the xattr `name` of a snapshot entry.
+pub(crate) fn xattr_of<'a>(e: &'a EntryInfo, name: &[u8]) -> Option<&'a [u8]> {
+    e.xattrs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+pub(crate) fn has_xattr(e: &EntryInfo, name: &[u8]) -> bool {
+    xattr_of(e, name).is_some()
+}
+
+/// `path` split into its parent and last name ("" is the root).
+pub(crate) fn split_path(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&b""[..], path),
+    }
+}
+
 /// Drops `trusted.overlay.opaque` from kernel-upper directories whose
 /// plyfs-upper twin lacks it.
 pub(crate) fn ignore_opaque_only_in_kernel(p: &mut Snap, k: &mut Snap) {
     for (path, ke) in k.iter_mut() {
-        let has = |e: &EntryInfo| e.xattrs.iter().any(|(n, _)| n == OPAQUE);
-        if ke.kind == 'd' && has(ke) && p.get(path).is_some_and(|pe| pe.kind == 'd' && !has(pe)) {
+        let only_kernel = has_xattr(ke, OPAQUE)
+            && p.get(path)
+                .is_some_and(|pe| pe.kind == 'd' && !has_xattr(pe, OPAQUE));
+        if ke.kind == 'd' && only_kernel {
             ke.xattrs.retain(|(n, _)| n != OPAQUE);
         }
     }
 }
 
 /// Drops kernel-upper directories with a redirect that the plyfs upper
-/// lacks (or just that redirect, when plyfs has the directory), and the
-/// impure mark of their parent when plyfs has none there. (A redirect
-/// plyfs needed and lacked would show in the merged views.)
+/// lacks (or just that redirect, when plyfs has the directory). (A
+/// redirect plyfs needed and lacked would show in the merged views.)
 pub(crate) fn ignore_redirected_only_in_kernel(p: &mut Snap, k: &mut Snap) {
-    pub(crate) const REDIRECT: &[u8] = b"trusted.overlay.redirect";
-    pub(crate) const IMPURE: &[u8] = b"trusted.overlay.impure";
-    let has = |e: &EntryInfo, x: &[u8]| e.xattrs.iter().any(|(n, _)| n == x);
     let extra: Vec<Vec<u8>> = k
         .iter()
         .filter(|(path, e)| {
-            e.kind == 'd' && has(e, REDIRECT) && p.get(*path).is_none_or(|pe| !has(pe, REDIRECT))
+            e.kind == 'd'
+                && has_xattr(e, REDIRECT)
+                && p.get(*path).is_none_or(|pe| !has_xattr(pe, REDIRECT))
         })
         .map(|(path, _)| path.clone())
         .collect();
     // A failed rename may also have made a relative redirect absolute
     // (same lower directory as plyfs's relative one).
-    let get = |e: &EntryInfo| {
-        e.xattrs
-            .iter()
-            .find(|(n, _)| n == REDIRECT)
-            .map(|x| x.1.clone())
-    };
     for (path, ke) in k.iter_mut() {
         let Some(pe) = p.get(path) else { continue };
-        if let (Some(kr), Some(pr)) = (get(ke), get(pe))
+        if let (Some(kr), Some(pr)) = (xattr_of(ke, REDIRECT), xattr_of(pe, REDIRECT))
             && !pr.starts_with(b"/")
             && kr == lower_path(p, path)
         {
+            let pr = pr.to_vec();
             ke.xattrs.retain(|(n, _)| n != REDIRECT);
             ke.xattrs.push((REDIRECT.to_vec(), pr));
             ke.xattrs.sort();
@@ -245,15 +265,6 @@ pub(crate) fn ignore_redirected_only_in_kernel(p: &mut Snap, k: &mut Snap) {
         } else {
             k.retain(|q, _| q != &path && !q.starts_with(&[path.as_slice(), b"/"].concat()));
         }
-        let parent = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => path[..i].to_vec(),
-            None => continue,
-        };
-        if let (Some(ke), Some(pe)) = (k.get_mut(&parent), p.get(&parent))
-            && !has(pe, IMPURE)
-        {
-            ke.xattrs.retain(|(n, _)| n != IMPURE);
-        }
     }
 }
 
@@ -263,54 +274,32 @@ pub(crate) fn lower_path(s: &Snap, path: &[u8]) -> Vec<u8> {
     if path.is_empty() {
         return Vec::new();
     }
-    let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&b""[..], path),
-    };
-    let redirect = s.get(path).and_then(|e| {
-        e.xattrs
-            .iter()
-            .find(|(n, _)| n == b"trusted.overlay.redirect")
-            .map(|x| x.1.clone())
-    });
-    match redirect {
-        Some(r) if r.starts_with(b"/") => r,
+    let (parent, name) = split_path(path);
+    match s.get(path).and_then(|e| xattr_of(e, REDIRECT)) {
+        Some(r) if r.starts_with(b"/") => r.to_vec(),
         r => {
             let mut out = lower_path(s, parent);
             out.push(b'/');
-            out.extend_from_slice(r.as_deref().unwrap_or(name));
+            out.extend_from_slice(r.unwrap_or(name));
             out
         }
     }
 }
 
 pub(crate) fn ignore_unneeded_kernel_impure(p: &mut Snap, k: &mut Snap) {
-    pub(crate) const IMPURE: &[u8] = b"trusted.overlay.impure";
-    pub(crate) const ORIGIN: &[u8] = b"trusted.overlay.origin";
-    let has = |e: &EntryInfo, x: &[u8]| e.xattrs.iter().any(|(n, _)| n == x);
     for (path, ke) in k.iter_mut() {
         let Some(pe) = p.get(path) else { continue };
-        if ke.kind != 'd' || !has(ke, IMPURE) || has(pe, IMPURE) {
+        if ke.kind != 'd' || !has_xattr(ke, IMPURE) || has_xattr(pe, IMPURE) {
             continue;
         }
-        let prefix = if path.is_empty() {
-            Vec::new()
-        } else {
-            [path.as_slice(), b"/"].concat()
-        };
         let needed = p.iter().any(|(q, e)| {
-            q.len() > prefix.len()
-                && q.starts_with(&prefix)
-                && !q[prefix.len()..].contains(&b'/')
-                && has(e, ORIGIN)
+            !q.is_empty() && split_path(q).0 == path.as_slice() && has_xattr(e, ORIGIN)
         });
         if !needed {
             ke.xattrs.retain(|(n, _)| n != IMPURE);
         }
     }
 }
-
-pub(crate) const OPAQUE: &[u8] = b"trusted.overlay.opaque";
 
 /// Whether `op` may copy up (or rename) a file that has hard links inside a
 /// lower layer. Checks the name as given and with symlinks resolved on the
