@@ -85,13 +85,17 @@ impl InoMap {
     /// Records that the upper object `upper` now stands for a node numbered
     /// `ino` (after copy-up), so listings and lookups agree with the node.
     pub fn alias(&self, upper: Ident, ino: u64) {
+        // `upper` is a new object: an alias left for an earlier object with
+        // the same (reused) inode number is stale.
+        self.aliases.remove(&upper);
         if self.map(upper) != ino {
             self.aliases.insert(upper, ino);
         }
     }
 
-    /// The upper object `upper` was deleted: its inode number may be given
-    /// to a new object, which must not inherit the old node's number.
+    /// The upper object `upper` was deleted, or a new object was made with
+    /// its (reused) inode number: that object must not inherit the old
+    /// node's number.
     pub fn unalias(&self, upper: Ident) {
         self.aliases.remove(&upper);
     }

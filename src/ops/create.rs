@@ -127,6 +127,9 @@ impl Plyfs {
             }
             return Ok(Created { node, attr, fd });
         }
+        // A new inode: any number remembered for an object that had its
+        // inode number before is stale (the upper filesystem reuses them).
+        self.inos.unalias((st.dev, st.ino));
         let (node, attr) = self.remember(&parent, name, found)?;
         Ok(Created { node, attr, fd })
     }
