@@ -21,6 +21,7 @@ use crate::node::Node;
 use crate::origin;
 use crate::ovl_xattr;
 use crate::sys::{self, Errno, fs::Stat, fs::TimeSpec};
+use crate::table::Held;
 
 /// Size of each chunk for the read/write fallback.
 const CHUNK: usize = 1 << 20;
@@ -34,18 +35,39 @@ impl Plyfs {
 
     /// Copies a directory and everything visible in it up, then makes it
     /// opaque: afterwards it no longer depends on the lower layers and can
-    /// move without a redirect.
+    /// move without a redirect. Depth-first with an explicit stack (any
+    /// depth); each directory is sealed after its children are copied.
     pub fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
-        self.copy_up(node)?;
-        if !node.is_dir() {
-            return Ok(());
+        enum Step<'a> {
+            Enter(Held<'a>),
+            Seal(Held<'a>),
         }
-        let listing = self.build_listing(node)?;
-        for e in &listing.entries {
-            let name = Name::new(&e.name)?;
-            let child = self.node_at(node, &name)?;
-            self.copy_up_tree(&child)?;
+        let top = self.table.add_ref(node.ino).ok_or(Errno::ENOENT)?;
+        let mut stack = vec![Step::Enter(Held::new(&self.table, top))];
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Enter(n) => {
+                    self.copy_up(&n)?;
+                    if !n.is_dir() {
+                        continue;
+                    }
+                    let listing = self.build_listing(&n)?;
+                    let mut children = Vec::with_capacity(listing.entries.len());
+                    for e in &listing.entries {
+                        let name = Name::new(&e.name)?;
+                        children.push(Step::Enter(self.node_at(&n, &name)?));
+                    }
+                    stack.push(Step::Seal(n));
+                    stack.extend(children);
+                }
+                Step::Seal(n) => self.seal_copied_dir(&n)?,
+            }
         }
+        Ok(())
+    }
+
+    /// Makes a directory whose whole tree was copied up opaque.
+    fn seal_copied_dir(&self, node: &Arc<Node>) -> Result<()> {
         let (pfd, name) = self.upper_loc(node)?;
         self.set_opaque(pfd.as_fd(), &name)?;
         let mut s = node.state.write();
@@ -58,14 +80,39 @@ impl Plyfs {
     }
 
     /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
-    /// (the caller truncates the file to zero right after).
+    /// (the caller truncates the file to zero right after). Ancestors
+    /// without an upper copy are copied first, top-down, in a loop.
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
         if node.has_upper() {
             return Ok(());
         }
         self.upper_layer()?;
+        let mut missing: Vec<Arc<Node>> = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let (parent, _) = self.parent_of(&cur)?;
+            if parent.has_upper() {
+                break;
+            }
+            if missing.len() > self.table.len() {
+                log::warn!("the names of {node:?} form a loop");
+                return Err(Errno::ELOOP);
+            }
+            missing.push(parent.clone());
+            cur = parent;
+        }
+        while let Some(dir) = missing.pop() {
+            self.copy_up_one(&dir, true)?;
+        }
+        self.copy_up_one(node, data)
+    }
+
+    /// Copies one node up; its parent already has an upper copy.
+    fn copy_up_one(&self, node: &Arc<Node>, data: bool) -> Result<()> {
+        if node.has_upper() {
+            return Ok(());
+        }
         let (parent, name) = self.parent_of(node)?;
-        self.copy_up(&parent)?;
         let lower = node.top_lower()?;
         let lst = lower.stat()?;
         // Other names of a multiply-linked lower file get linked to the copy.

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod fdtree;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::io::Read;
