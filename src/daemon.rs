@@ -7,10 +7,8 @@
 //! (0 or 1). mount(8) and containers-storage rely on that: when plyfs
 //! returns, the mount is there.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use fuser::{MountOption, SessionACL};
@@ -243,7 +241,6 @@ fn serve(
         log::warn!("cannot block signals: {e:?}");
     }
     let mut unmounter = session.unmount_callable();
-    let mountpoint = req.mountpoint.clone();
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
         .spawn(move || {
@@ -253,8 +250,11 @@ fn serve(
                     continue;
                 }
                 log::info!("signal {sig}: unmounting");
-                if unmounter.unmount().is_err() {
-                    lazy_unmount(&mountpoint);
+                // fuser detaches only this mount (lazily when busy), never
+                // another one stacked on or under it at the same path.
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("cannot unmount: {e}; stopping without unmounting");
+                    std::process::exit(1);
                 }
                 break;
             }
@@ -280,10 +280,4 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     session
         .spawn()
         .map_err(|e| format!("cannot start the session: {e}"))
-}
-
-fn lazy_unmount(mountpoint: &Path) {
-    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
-        let _ = sys::process::umount_detach(&c);
-    }
 }
