@@ -66,6 +66,8 @@ pub struct UpperLayer {
     pub root: Arc<OwnedFd>,
     pub dev: u64,
     pub work: WorkDir,
+    /// In-use locks on the upper and work directories (see `setup`).
+    pub in_use: Vec<OwnedFd>,
 }
 
 /// One read-only layer.

@@ -33,16 +33,19 @@ pub struct WorkDir {
     /// daemon forked).
     reaper: OnceLock<Mutex<std::sync::mpsc::Sender<Vec<u8>>>>,
     reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `WORKDIR/work` was made by this mount (removed again if the mount
+    /// fails: a failed mount leaves nothing behind).
+    created: bool,
 }
 
 impl WorkDir {
     /// Creates `WORKDIR/work` if needed and empties it.
     pub fn prepare(base: OwnedFd) -> Result<WorkDir, Errno> {
-        match sys::fs::mkdirat(base.as_fd(), WORK, 0o700) {
-            Ok(()) => {}
-            Err(e) if e.code() == libc::EEXIST => {}
+        let created = match sys::fs::mkdirat(base.as_fd(), WORK, 0o700) {
+            Ok(()) => true,
+            Err(e) if e.code() == libc::EEXIST => false,
             Err(e) => return Err(e),
-        }
+        };
         let work = sys::fs::open_dir_path(base.as_fd(), WORK)?;
         clean_dir(work.as_fd())?;
         Ok(WorkDir {
@@ -53,7 +56,15 @@ impl WorkDir {
             whiteout_gen: AtomicU64::new(0),
             reaper: OnceLock::new(),
             reaper_thread: Mutex::new(None),
+            created,
         })
+    }
+
+    /// Undoes [`WorkDir::prepare`] after a failed mount.
+    pub fn undo_prepare(&self) {
+        if self.created {
+            let _ = remove_tree(self.base.as_fd(), WORK);
+        }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -270,15 +281,18 @@ fn spill_name() -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-/// Creates `work/incompat/volatile`, the kernel's mark of a volatile mount.
+/// Creates `work/incompat/volatile/dirty`, the kernel's mark of a volatile
+/// mount: until it is removed, no overlay mounts the upper again.
 pub fn mark_volatile(work: &WorkDir) -> Result<(), Errno> {
-    match sys::fs::mkdirat(work.fd(), INCOMPAT, 0o700) {
-        Ok(()) => {}
-        Err(e) if e.code() == libc::EEXIST => {}
-        Err(e) => return Err(e),
+    let mut dir = sys::fs::dup(work.fd())?;
+    for name in [INCOMPAT, VOLATILE] {
+        match sys::fs::mkdirat(dir.as_fd(), name, 0o700) {
+            Err(e) if e.code() != libc::EEXIST => return Err(e),
+            _ => {}
+        }
+        dir = sys::fs::open_dir_path(dir.as_fd(), name)?;
     }
-    let inc = sys::fs::open_dir_path(work.fd(), INCOMPAT)?;
-    match sys::fs::mkdirat(inc.as_fd(), VOLATILE, 0o700) {
+    match sys::fs::openat(dir.as_fd(), c"dirty", libc::O_WRONLY | libc::O_CREAT, 0o600) {
         Err(e) if e.code() != libc::EEXIST => Err(e),
         _ => Ok(()),
     }

@@ -112,12 +112,17 @@ impl Layers {
 
     /// Mounts kernel overlayfs over these layers at `mnt` (root only).
     pub fn mount_kernel(&self, extra: &str) -> KernelMount {
+        self.mount_kernel_checked(extra).expect("mount overlay")
+    }
+
+    /// Like [`Layers::mount_kernel`], returning the error of a refused mount.
+    pub fn mount_kernel_checked(&self, extra: &str) -> Result<KernelMount, String> {
         let mut o = self.options();
         if !extra.is_empty() {
             o.push(',');
             o.push_str(extra);
         }
-        KernelMount::mount(&self.mnt, &o).expect("mount overlay")
+        KernelMount::mount(&self.mnt, &o)
     }
 }
 
