@@ -42,8 +42,8 @@ impl Plyfs {
             Enter(Held<'a>),
             Seal(Held<'a>),
         }
-        let top = self.table.add_ref(node.ino).ok_or(Errno::ENOENT)?;
-        let mut stack = vec![Step::Enter(Held::new(&self.table, top))];
+        let top = self.table.hold(node.ino).ok_or(Errno::ENOENT)?;
+        let mut stack = vec![Step::Enter(top)];
         while let Some(step) = stack.pop() {
             match step {
                 Step::Enter(n) => {

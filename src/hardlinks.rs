@@ -70,10 +70,9 @@ impl Plyfs {
         let mut out: Vec<Sibling<'_>> = Vec::new();
         let aliases = node.state.read().aliases.clone();
         for a in aliases {
-            let Some(parent) = self.table.add_ref(a.parent) else {
+            let Some(parent) = self.table.hold(a.parent) else {
                 continue;
             };
-            let parent = Held::new(&self.table, parent);
             self.add_sibling(&mut out, lower, own, vec![parent], &a.name)?;
         }
         let map = self.link_map(lower.layer)?;
@@ -163,8 +162,8 @@ impl Plyfs {
                 let s = dir.state.read();
                 s.lowers.iter().any(|l| (l.dev, l.ino) == want)
             };
-            if merges && let Some(d) = self.table.add_ref(dir.ino) {
-                return Ok(Some(Held::new(&self.table, d)));
+            if merges && let Some(d) = self.table.hold(dir.ino) {
+                return Ok(Some(d));
             }
         }
         Ok(None)

@@ -228,7 +228,7 @@ impl Plyfs {
     pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Held<'_>> {
         let f = self.resolve_found(parent, name)?;
         let (node, _) = self.remember(parent, name, f)?;
-        Ok(Held::new(&self.table, node))
+        Ok(node)
     }
 
     /// Copies a rename operand up. A directory with lower content is
