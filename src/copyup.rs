@@ -70,6 +70,7 @@ impl Plyfs {
     fn seal_copied_dir(&self, node: &Arc<Node>) -> Result<()> {
         let (pfd, name) = self.upper_loc(node)?;
         self.set_opaque(pfd.as_fd(), &name)?;
+        self.kernel.attrs_changed(node.ino);
         let mut s = node.state.write();
         s.opaque = true;
         s.lowers = Arc::from(Vec::new());
@@ -175,6 +176,10 @@ impl Plyfs {
         let ident = (new.dev, new.ino);
         node.state.write().upper = Some(ident);
         self.inos.alias(ident, node.ino);
+        // New ctime of the copy and of its parent (renamed into, times
+        // restored): the kernel's cached ones are stale.
+        self.kernel.attrs_changed(node.ino);
+        self.kernel.attrs_changed(parent.ino);
         log::debug!("copied up {node:?} as {name:?}");
         Ok(())
     }
@@ -236,7 +241,10 @@ impl Plyfs {
                 false => sys::xattr::fremove(d.as_fd(), &attr),
             });
         match res {
-            Ok(()) => dir.state.write().impure = impure,
+            Ok(()) => {
+                dir.state.write().impure = impure;
+                self.kernel.attrs_changed(dir.ino);
+            }
             Err(e) if !impure && e.code() == libc::ENODATA => dir.state.write().impure = false,
             Err(e) => log::debug!("cannot set impure={impure} on {dir:?}: {e:?}"),
         }

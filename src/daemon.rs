@@ -217,6 +217,15 @@ fn mount(
 ) -> Result<fuser::Session<FuseFs>, String> {
     match fuser::Session::new(FuseFs { fs: fs.clone() }, mountpoint, config) {
         Ok(s) => {
+            let notifier = s.notifier();
+            fs.kernel.connect(Box::new(move |ino| {
+                // ENOENT: the kernel no longer knows the node; fine.
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
+                    && e.raw_os_error() != Some(libc::ENOENT)
+                {
+                    log::debug!("cannot invalidate the attributes of {ino}: {e}");
+                }
+            }));
             if let Some(u) = fs.upper.as_ref().filter(|_| fs.cfg.volatile)
                 && let Err(e) = crate::workdir::mark_volatile(&u.work)
             {

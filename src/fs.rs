@@ -91,6 +91,8 @@ pub struct Plyfs {
     pub io: crate::tuning::IoModes,
     /// Whether readdirplus entries carry attributes (see `rdplus`).
     pub plus: crate::rdplus::PlusPolicy,
+    /// Invalidates attributes the kernel caches (see `inval`).
+    pub kernel: crate::inval::KernelCache,
 }
 
 impl Plyfs {
@@ -116,6 +118,7 @@ impl Plyfs {
             link_maps: dashmap::DashMap::new(),
             io: Default::default(),
             plus: Default::default(),
+            kernel: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);

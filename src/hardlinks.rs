@@ -218,6 +218,8 @@ impl Plyfs {
                     self.mark_impure(&parent, &dfd);
                     parent.touch_version();
                     self.add_alias(node, parent.ino, &s.name);
+                    self.kernel.attrs_changed(parent.ino);
+                    self.kernel.attrs_changed(node.ino);
                 }
                 Err(e) => log::warn!("cannot link {:?} to its copied-up hard link: {e:?}", s.name),
             }
@@ -243,6 +245,7 @@ impl Plyfs {
         sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), pfd.as_fd(), name.as_cstr())?;
         self.mark_impure(parent, &pfd);
         parent.touch_version();
+        self.kernel.attrs_changed(parent.ino);
         Ok(())
     }
 }

@@ -19,6 +19,7 @@ pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
+pub mod inval;
 pub mod listing;
 pub mod lower;
 pub mod names;

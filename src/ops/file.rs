@@ -100,10 +100,13 @@ impl Plyfs {
             return Ok(());
         }
         if self.override_attr().is_some() {
-            self.store_override(node, None, None, Some(mode & !kill))
+            self.store_override(node, None, None, Some(mode & !kill))?;
         } else {
-            sys::fs::fchmod(fd, mode & !kill & 0o7777)
+            sys::fs::fchmod(fd, mode & !kill & 0o7777)?;
         }
+        // The open reply carries no attributes.
+        self.kernel.attrs_changed(node.ino);
+        Ok(())
     }
 
     pub fn do_open(&self, ino: u64, flags: i32, caller_uid: u32) -> Result<(u64, Arc<OpenFile>)> {

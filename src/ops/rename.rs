@@ -290,6 +290,7 @@ impl Plyfs {
         let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
         sys::xattr::set_at(pfd.as_fd(), name.as_cstr(), &attr, &value, 0)?;
         dir.state.write().redirect = Some(value.into());
+        self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
 
@@ -310,6 +311,7 @@ impl Plyfs {
         }
         self.set_opaque(pfd.as_fd(), name)?;
         dir.state.write().opaque = true;
+        self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
 
