@@ -12,7 +12,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::fs::{Plyfs, Result};
 use crate::lower::LowerObj;
@@ -274,7 +273,8 @@ impl Plyfs {
                     let input = open_lower_for_read(lpfd, lname)?;
                     // Fully allocated files have no holes to look for.
                     let sparse = st.blocks * 512 < st.size;
-                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse)?;
+                    let devs = (st.dev, self.upper_layer()?.dev);
+                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse, devs)?;
                 }
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
                 sys::fs::fchmod(out.as_fd(), perm)?;
@@ -409,27 +409,26 @@ pub fn copy_xattrs(
 /// Copies `size` bytes of file data: shares extents when the filesystem
 /// can (FICLONE), else copies with `copy_file_range` or plain reads and
 /// writes; for `sparse` files only the data segments, so holes stay holes.
+/// `devs` are the (source, destination) devices: a pair that cannot share
+/// extents is not asked again (other layers may well be able to).
 pub fn copy_data(
     input: BorrowedFd<'_>,
     out: BorrowedFd<'_>,
     size: u64,
     sparse: bool,
+    devs: (u64, u64),
 ) -> Result<()> {
-    // 0: not tried yet, 1: works, 2: the filesystem cannot share extents.
-    static FICLONE: AtomicU8 = AtomicU8::new(0);
-    if FICLONE.load(Ordering::Relaxed) != 2 {
+    static NO_CLONE: parking_lot::Mutex<Vec<(u64, u64)>> = parking_lot::Mutex::new(Vec::new());
+    if !NO_CLONE.lock().contains(&devs) {
         match sys::io::ficlone(out, input) {
-            Ok(()) => {
-                FICLONE.store(1, Ordering::Relaxed);
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(e)
                 if matches!(
                     e.code(),
                     libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::EXDEV
                 ) =>
             {
-                FICLONE.store(2, Ordering::Relaxed);
+                NO_CLONE.lock().push(devs);
             }
             Err(_) => {}
         }

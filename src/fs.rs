@@ -52,6 +52,8 @@ pub struct Config {
     /// `passthrough=`/`writeback=` from the command line (None: automatic).
     pub passthrough: Option<crate::options::Passthrough>,
     pub writeback: Option<bool>,
+    /// `xino=`: tag inode numbers with their filesystem (see `ino`).
+    pub xino: crate::options::Xino,
 }
 
 impl Config {
@@ -108,12 +110,13 @@ impl Plyfs {
             devs.push(u.dev);
         }
         devs.extend(lowers.iter().map(|l| l.root.dev));
+        let tag = cfg.xino != crate::options::Xino::Off;
         let fs = Plyfs {
             cfg,
             upper,
             lowers,
             table: Table::new(),
-            inos: InoMap::new(&devs, ino32),
+            inos: InoMap::new(&devs, ino32, tag),
             handles: Handles::new(),
             link_maps: dashmap::DashMap::new(),
             io: Default::default(),

@@ -466,6 +466,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         }),
         passthrough: o.passthrough,
         writeback: o.writeback,
+        xino: o.xino,
     };
     Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))

@@ -102,3 +102,27 @@ fn readdirplus_references_follow_the_reply() {
     fs.do_forget(d.ino, 1);
     assert_eq!(fs.table.len(), 1);
 }
+
+/// A setattr that asks for a size change on a directory is refused before
+/// anything else in it (mode, owner) is applied or anything copied up.
+#[test]
+fn setattr_refuses_a_directory_size_before_changing_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let l = tree();
+    let fs = build(&l);
+    let (d, _) = fs.do_lookup(1, &name("d")).unwrap().unwrap();
+    let d = d.into_kernel();
+    let a = plyfs::ops::setattr::SetAttr {
+        mode: Some(0o700),
+        size: Some(0),
+        ..Default::default()
+    };
+    let e = fs.do_setattr(d.ino, a).err().expect("size of a directory");
+    assert_eq!(e.code(), libc::EISDIR);
+    assert!(!l.upper.join("d").exists(), "copied up anyway");
+    let mode = std::fs::metadata(l.lower(0).join("d"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+}

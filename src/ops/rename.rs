@@ -355,7 +355,10 @@ fn lock_dirs<'a>(
     if Arc::ptr_eq(a, b) {
         return (a.dir_lock.lock(), None);
     }
-    if a.ino < b.ino {
+    // By node id, then by address: two distinct nodes may share an id (a
+    // replaced node still in use by a request).
+    let key = |n: &Arc<Node>| (n.ino, Arc::as_ptr(n) as usize);
+    if key(a) < key(b) {
         let ga = a.dir_lock.lock();
         (ga, Some(b.dir_lock.lock()))
     } else {
