@@ -117,7 +117,7 @@ fn setattr_refuses_a_directory_size_before_changing_anything() {
         size: Some(0),
         ..Default::default()
     };
-    let e = fs.do_setattr(d.ino, a).err().expect("size of a directory");
+    let e = fs.do_setattr(d.ino, a).expect_err("size of a directory");
     assert_eq!(e.code(), libc::EISDIR);
     assert!(!l.upper.join("d").exists(), "copied up anyway");
     let mode = std::fs::metadata(l.lower(0).join("d"))
