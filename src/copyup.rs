@@ -269,14 +269,15 @@ impl Plyfs {
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                     0o600,
                 )?;
+                let input = open_lower_for_read(lpfd, lname)?;
                 if data && st.size > 0 {
-                    let input = open_lower_for_read(lpfd, lname)?;
                     // Fully allocated files have no holes to look for.
                     let sparse = st.blocks * 512 < st.size;
                     let devs = (st.dev, self.upper_layer()?.dev);
                     copy_data(input.as_fd(), out.as_fd(), st.size, sparse, devs)?;
                 }
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                self.carry_flags(input.as_fd(), out.as_fd(), tmp)?;
                 sys::fs::fchmod(out.as_fd(), perm)?;
                 sys::fs::futimens(
                     out.as_fd(),
@@ -290,6 +291,10 @@ impl Plyfs {
             libc::S_IFDIR => {
                 sys::fs::mkdirat(wfd, tmp.as_cstr(), 0o700)?;
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                let dir = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+                let input = crate::ops::file::open_noatime(lpfd, lname, dir)?;
+                let out = sys::fs::openat(wfd, tmp.as_cstr(), dir, 0)?;
+                self.carry_flags(input.as_fd(), out.as_fd(), tmp)?;
                 sys::fs::chmodat(wfd, tmp.as_cstr(), perm)?;
                 set_times(wfd, tmp, st)?;
             }
@@ -345,6 +350,18 @@ impl Plyfs {
             .find(|l| l.root.dev == dev)
             .map(|l| l.uuid)
             .unwrap_or([0; 16])
+    }
+}
+
+impl Plyfs {
+    /// Inode flags a copy keeps, and immutable/append-only as
+    /// `overlay.protattr` on the staged copy `tmp` (see `ops::fileattr`).
+    fn carry_flags(&self, lower: BorrowedFd<'_>, out: BorrowedFd<'_>, tmp: &Name) -> Result<()> {
+        if let Some(v) = self.copy_inode_flags(lower, out)? {
+            let attr = self.cfg.prefix.name(ovl_xattr::PROTATTR);
+            sys::xattr::set_at(self.work()?.fd(), tmp.as_cstr(), &attr, &v, 0)?;
+        }
+        Ok(())
     }
 }
 

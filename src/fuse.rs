@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Filesystem, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::attr::{decode_dev, file_type};
@@ -614,6 +615,53 @@ impl Filesystem for FuseFs {
         crate::stats::count(crate::stats::Op::lseek);
         match self.fs.do_lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        crate::stats::count(crate::stats::Op::ioctl);
+        // The kernel sends these for lsattr/chattr (its fileattr calls), with
+        // the flags as a 4-byte int and struct fsxattr as 28 bytes.
+        const GETFLAGS: [u32; 2] = [0x8008_6601, 0x8004_6601];
+        const SETFLAGS: [u32; 2] = [0x4008_6602, 0x4004_6602];
+        const FSGETXATTR: u32 = 0x801c_581f;
+        const FSSETXATTR: u32 = 0x401c_5820;
+        let ino = ino.0;
+        let res: Result<Vec<u8>, Errno> = match cmd {
+            c if GETFLAGS.contains(&c) => self
+                .fs
+                .do_get_inode_flags(ino)
+                .map(|f| f.to_ne_bytes().to_vec()),
+            c if SETFLAGS.contains(&c) => {
+                match <[u8; 4]>::try_from(in_data.get(..4).unwrap_or(&[])) {
+                    Ok(b) => self
+                        .fs
+                        .do_set_inode_flags(ino, u32::from_ne_bytes(b))
+                        .map(|()| Vec::new()),
+                    Err(_) => Err(Errno::EINVAL),
+                }
+            }
+            FSGETXATTR => self.fs.do_get_fsxattr(ino).map(|a| a.to_vec()),
+            FSSETXATTR => match <[u8; crate::sys::io::FSXATTR_SIZE]>::try_from(in_data) {
+                Ok(a) => self.fs.do_set_fsxattr(ino, a).map(|()| Vec::new()),
+                Err(_) => Err(Errno::EINVAL),
+            },
+            _ => Err(Errno::ENOTTY),
+        };
+        match res {
+            Ok(v) if v.len() <= out_size as usize => reply.ioctl(0, &v),
+            Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
     }

@@ -77,6 +77,8 @@ pub struct Node {
     pub xattr_absent: std::sync::atomic::AtomicU8,
     /// Directories: the current listing gave names-only entries.
     pub lazy_listed: std::sync::atomic::AtomicBool,
+    /// Immutable/append-only protection, once known (see `ops::fileattr`).
+    pub prot: std::sync::atomic::AtomicU8,
     /// How the open handles of a regular file do I/O (see `tuning`).
     pub io: Mutex<crate::tuning::NodeIo>,
 }
@@ -110,6 +112,7 @@ impl Node {
             listing: Mutex::new(None),
             xattr_absent: std::sync::atomic::AtomicU8::new(0),
             lazy_listed: std::sync::atomic::AtomicBool::new(false),
+            prot: std::sync::atomic::AtomicU8::new(0),
             io: Mutex::new(Default::default()),
         }
     }

@@ -43,6 +43,7 @@ pub const IMPURE: &str = "impure";
 pub const WHITEOUT: &str = "whiteout";
 pub const NLINK: &str = "nlink";
 pub const METACOPY: &str = "metacopy";
+pub const PROTATTR: &str = "protattr";
 
 /// How the merged view treats one attribute name found on a layer object.
 #[derive(Debug, PartialEq, Eq)]

@@ -47,6 +47,7 @@ ops!(
     fallocate,
     lseek,
     copy_file_range,
+    ioctl,
 );
 
 // Sized from the list above, so adding an operation cannot index past it.

@@ -17,6 +17,7 @@ use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::Node;
 use crate::ops::Caller;
+use crate::ops::fileattr::Change;
 use crate::ovl_xattr;
 use crate::resolve::Found;
 use crate::sys::{self, Errno, fs::Stat};
@@ -74,12 +75,16 @@ impl Plyfs {
             // overlay users may not create one.
             return Err(Errno::EPERM);
         }
-        // Operands are copied up before the directory is locked.
-        self.copy_up(&parent)?;
+        self.check_change(&parent, Change::DirAdd)?;
         if let NewObject::Link { source } = &what {
             if source.is_dir() {
                 return Err(Errno::EPERM);
             }
+            self.check_change(source, Change::Name)?;
+        }
+        // Operands are copied up before the directory is locked.
+        self.copy_up(&parent)?;
+        if let NewObject::Link { source } = &what {
             self.copy_up(source)?;
         }
         let _g = parent.dir_lock.lock();

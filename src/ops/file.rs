@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::fs::{Plyfs, Result};
 use crate::handles::OpenFile;
 use crate::node::Node;
+use crate::ops::fileattr::Change;
 use crate::sys::{self, Errno};
 
 /// Whether open flags ask for writing (which needs the upper copy).
@@ -60,6 +61,13 @@ impl Plyfs {
         }
         if wants_write(flags) {
             self.upper_layer()?;
+            self.check_change(
+                node,
+                Change::Write {
+                    append: flags & libc::O_APPEND != 0,
+                    truncate: flags & libc::O_TRUNC != 0,
+                },
+            )?;
             // O_TRUNC: the data would be thrown away right after.
             self.copy_up_opts(node, flags & libc::O_TRUNC == 0)?;
         }

@@ -4,6 +4,7 @@
 pub mod create;
 pub mod dir;
 pub mod file;
+pub mod fileattr;
 pub mod lookup;
 pub mod remove;
 pub mod rename;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::Node;
+use crate::ops::fileattr::Change;
 use crate::resolve::Found;
 use crate::sys::{self, Errno};
 
@@ -27,6 +28,7 @@ impl Plyfs {
     fn remove_name(&self, parent: u64, name: &Name, dir: bool) -> Result<()> {
         let parent = self.node(parent)?;
         self.upper_layer()?;
+        self.check_change(&parent, Change::DirRemove)?;
         self.copy_up(&parent)?;
         let _g = parent.dir_lock.lock();
         let f = self.resolve_found(&parent, name)?;
@@ -39,6 +41,9 @@ impl Plyfs {
             return Err(Errno::ENOTEMPTY);
         }
         let victim = self.number_of(&f).ok().and_then(|ino| self.table.get(ino));
+        if let Some(v) = &victim {
+            self.check_change(v, Change::Name)?;
+        }
         let pfd = self.upper_dir_fd(&parent)?;
         // Like the kernel, an upper object needs a whiteout only when its
         // name shows below: a moved (redirected) directory's lower content

@@ -16,6 +16,7 @@ use parking_lot::MutexGuard;
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::{Alias, Node};
+use crate::ops::fileattr::Change;
 use crate::options::RedirectMode;
 use crate::ovl_xattr;
 use crate::resolve::{Found, Lookup};
@@ -53,10 +54,20 @@ impl Plyfs {
         {
             return Err(Errno::ENOTEMPTY);
         }
+        // Immutable or append-only operands refuse, as the VFS would.
+        self.check_change(&parent, Change::DirRemove)?;
+        self.check_change(&newparent, Change::DirAdd)?;
+        let src = self.node_at(&parent, name)?;
+        self.check_change(&src, Change::Name)?;
+        if let Lookup::Found(df) = self.resolve(&newparent, newname)? {
+            self.check_change(&newparent, Change::DirRemove)?;
+            if let Some(d) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
+                self.check_change(&d, Change::Name)?;
+            }
+        }
         // Copy operands up before any directory is locked.
         self.copy_up(&parent)?;
         self.copy_up(&newparent)?;
-        let src = self.node_at(&parent, name)?;
         self.prepare_operand(&src)?;
         if flags & EXCHANGE != 0 {
             let dst = self.node_at(&newparent, newname)?;

@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use fuser::FileAttr;
 
 use crate::fs::{Plyfs, Result};
+use crate::ops::fileattr::Change;
 use crate::sys::{self, Errno, fs::TimeSpec};
 
 /// The attributes one setattr request changes.
@@ -31,6 +32,26 @@ impl Plyfs {
                 libc::S_IFREG => {}
                 _ => return Err(Errno::EINVAL),
             }
+        }
+        let explicit = |t: Option<TimeSpec>| matches!(t, Some(TimeSpec::Set(..)));
+        if a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || explicit(a.atime)
+            || explicit(a.mtime)
+        {
+            self.check_change(&node, Change::Meta)?;
+        }
+        if a.size.is_some() || a.atime.is_some() || a.mtime.is_some() {
+            // Truncating needs write access; touching only "now" too.
+            let truncate = a.size.is_some();
+            self.check_change(
+                &node,
+                Change::Write {
+                    append: !truncate,
+                    truncate,
+                },
+            )?;
         }
         let handle = a.fh.and_then(|fh| self.handles.file(fh));
         match a.size {

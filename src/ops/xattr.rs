@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
 use crate::node::Node;
+use crate::ops::fileattr::Change;
 use crate::ovl_xattr::{self, Visible};
 use crate::sys::{self, Errno};
 
@@ -27,34 +28,42 @@ fn xattr_probe_bit(name: &[u8]) -> u8 {
 /// How to reach a real object for xattr calls: (parent directory, name), or
 /// an open descriptor for layer roots, which have no parent.
 #[allow(clippy::large_enum_variant)] // short-lived, on the stack
-enum RealRef {
+pub(crate) enum RealRef {
     At(Arc<OwnedFd>, Name),
     Open(OwnedFd),
 }
 
 impl RealRef {
-    fn get(&self, attr: &CString) -> Result<Vec<u8>> {
+    pub(crate) fn get(&self, attr: &CString) -> Result<Vec<u8>> {
         match self {
             RealRef::At(d, n) => sys::xattr::get_at(d.as_fd(), n.as_cstr(), attr),
             RealRef::Open(fd) => sys::xattr::fget(fd.as_fd(), attr),
         }
     }
 
-    fn list(&self) -> Result<Vec<u8>> {
+    pub(crate) fn list(&self) -> Result<Vec<u8>> {
         match self {
             RealRef::At(d, n) => sys::xattr::list_at(d.as_fd(), n.as_cstr()),
             RealRef::Open(fd) => sys::xattr::flist(fd.as_fd()),
         }
     }
 
-    fn set(&self, attr: &CString, value: &[u8], flags: i32) -> Result<()> {
+    pub(crate) fn set(&self, attr: &CString, value: &[u8], flags: i32) -> Result<()> {
         match self {
             RealRef::At(d, n) => sys::xattr::set_at(d.as_fd(), n.as_cstr(), attr, value, flags),
             RealRef::Open(fd) => sys::xattr::fset(fd.as_fd(), attr, value, flags),
         }
     }
 
-    fn remove(&self, attr: &CString) -> Result<()> {
+    /// (immutable, append-only) of the real object.
+    pub(crate) fn protection_attrs(&self) -> Result<(bool, bool)> {
+        match self {
+            RealRef::At(d, n) => sys::fs::protection_attrs(d.as_fd(), n.as_cstr()),
+            RealRef::Open(fd) => sys::fs::protection_attrs(fd.as_fd(), c""),
+        }
+    }
+
+    pub(crate) fn remove(&self, attr: &CString) -> Result<()> {
         match self {
             RealRef::At(d, n) => sys::xattr::remove_at(d.as_fd(), n.as_cstr(), attr),
             RealRef::Open(fd) => sys::xattr::fremove(fd.as_fd(), attr),
@@ -67,7 +76,7 @@ fn open_dir(fd: &OwnedFd) -> Result<OwnedFd> {
 }
 
 impl Plyfs {
-    fn real_ref(&self, node: &Arc<Node>) -> Result<RealRef> {
+    pub(crate) fn real_ref(&self, node: &Arc<Node>) -> Result<RealRef> {
         if node.has_upper() {
             if node.ino == crate::ino::ROOT {
                 return Ok(RealRef::Open(open_dir(&self.upper_layer()?.root)?));
@@ -138,6 +147,7 @@ impl Plyfs {
         self.check_acl(name)?;
         let node = self.node(ino)?;
         self.upper_layer()?;
+        self.check_change(&node, Change::Meta)?;
         self.copy_up(&node)?;
         node.xattr_absent.store(0, Ordering::Relaxed);
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
@@ -148,6 +158,7 @@ impl Plyfs {
         self.check_acl(name)?;
         let node = self.node(ino)?;
         self.upper_layer()?;
+        self.check_change(&node, Change::Meta)?;
         let attr = CString::new(ovl_xattr::to_stored(name)).map_err(|_| Errno::EINVAL)?;
         if !node.has_upper() {
             // Like the kernel: no copy-up just to learn the name is absent.

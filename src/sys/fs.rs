@@ -443,3 +443,25 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
     // SAFETY: plain syscall on a live descriptor.
     retry(|| check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })).map(drop)
 }
+
+/// Immutable/append-only attributes (`statx` `stx_attributes`) of `name`
+/// in `dir`, or of `dir` itself when `name` is empty: (immutable, append).
+pub fn protection_attrs(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<(bool, bool)> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    // SAFETY: valid descriptor, C string and out-pointer.
+    check(unsafe { libc::statx(dir.as_raw_fd(), name.as_ptr(), flags, 0, stx.as_mut_ptr()) })?;
+    // SAFETY: statx succeeded and filled the buffer.
+    let stx = unsafe { stx.assume_init() };
+    let known = stx.stx_attributes_mask;
+    let attrs = stx.stx_attributes & known;
+    Ok((
+        attrs & libc::STATX_ATTR_IMMUTABLE as u64 != 0,
+        attrs & libc::STATX_ATTR_APPEND as u64 != 0,
+    ))
+}

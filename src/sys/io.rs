@@ -155,3 +155,39 @@ pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
     // SAFETY: FICLONE takes the source descriptor as its integer argument.
     check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) }).map(drop)
 }
+
+/// `FS_IOC_GETFLAGS`: the inode flags (`chattr` letters) of an open file.
+pub fn get_inode_flags(fd: BorrowedFd<'_>) -> SysResult<u32> {
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the kernel writes one int through the pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) })?;
+    Ok(flags as u32)
+}
+
+/// `FS_IOC_SETFLAGS`.
+pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> SysResult<()> {
+    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+    let flags = flags as libc::c_int;
+    // SAFETY: the kernel reads one int through the pointer.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_SETFLAGS, &flags) }).map(drop)
+}
+
+/// Size of `struct fsxattr`.
+pub const FSXATTR_SIZE: usize = 28;
+
+/// `FS_IOC_FSGETXATTR`: the extended inode attributes, as raw bytes.
+pub fn get_fsxattr(fd: BorrowedFd<'_>) -> SysResult<[u8; FSXATTR_SIZE]> {
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+    let mut buf = [0u8; FSXATTR_SIZE];
+    // SAFETY: the kernel writes one struct fsxattr (28 bytes) into `buf`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, buf.as_mut_ptr()) })?;
+    Ok(buf)
+}
+
+/// `FS_IOC_FSSETXATTR`.
+pub fn set_fsxattr(fd: BorrowedFd<'_>, attr: &[u8; FSXATTR_SIZE]) -> SysResult<()> {
+    const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+    // SAFETY: the kernel reads one struct fsxattr (28 bytes) from `attr`.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, attr.as_ptr()) }).map(drop)
+}
