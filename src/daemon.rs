@@ -249,7 +249,7 @@ fn serve(
 ) -> Result<(), String> {
     let limit = sys::process::raise_nofile_limit(1 << 20);
     // Keep a quarter of the descriptors for open files and the rest of us.
-    crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
+    crate::fdcache::set_budget_from_limit(limit);
     let _ = sys::process::umask(0);
     let fs = match crate::setup::build(&req.options, checked) {
         Ok(fs) => Arc::new(fs),
@@ -315,7 +315,7 @@ fn serve(
 pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     let checked = crate::setup::validate(&req.options, &req.mountpoint)?;
     let limit = sys::process::raise_nofile_limit(1 << 20);
-    crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
+    crate::fdcache::set_budget_from_limit(limit);
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
     let session = mount(&fs, &req.mountpoint, &config)?;

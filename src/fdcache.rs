@@ -24,7 +24,18 @@ static CACHED: AtomicUsize = AtomicUsize::new(0);
 static SWEEPING: AtomicBool = AtomicBool::new(false);
 static QUEUE: Mutex<VecDeque<Weak<dyn FdHolder>>> = Mutex::new(VecDeque::new());
 
-/// Sets how many descriptors the cache may hold (from the open-file limit).
+/// Most descriptors the cache holds, however high the open-file limit:
+/// the cache speeds up lookups in directories in use, and a walk of a large
+/// tree must not keep one descriptor per directory the kernel remembers.
+pub const MAX_BUDGET: usize = 4096;
+
+/// Sets the budget from the open-file limit: at most three quarters of it
+/// (the rest is for open files), and at most [`MAX_BUDGET`].
+pub fn set_budget_from_limit(limit: u64) {
+    set_budget((limit as usize / 4 * 3).saturating_sub(256).min(MAX_BUDGET));
+}
+
+/// Sets how many descriptors the cache may hold.
 pub fn set_budget(n: usize) {
     BUDGET.store(n.max(64), Ordering::Relaxed);
 }
@@ -98,7 +109,17 @@ impl FdSlot {
         self.filled_once.store(true, Ordering::Relaxed);
         if !self.pinned {
             let n = CACHED.fetch_add(1, Ordering::Relaxed) + 1;
-            QUEUE.lock().push_back(holder);
+            {
+                let mut q = QUEUE.lock();
+                q.push_back(holder);
+                // Entries of holders dropped since (their slots gave their
+                // count back) would stay until a sweep, and a `Weak` keeps
+                // its holder's memory allocated: drop them once they are
+                // most of the queue, so memory follows the live nodes.
+                if q.len() > 2 * n + 1024 {
+                    q.retain(|w| w.strong_count() > 0);
+                }
+            }
             if n > budget() {
                 sweep();
             }
@@ -193,6 +214,17 @@ mod tests {
 
     fn devnull() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn queue_forgets_dropped_holders() {
+        for _ in 0..20_000 {
+            let h = Arc::new(H(FdSlot::empty()));
+            let w: Weak<dyn FdHolder> = Arc::downgrade(&h) as Weak<dyn FdHolder>;
+            h.0.fill(devnull(), w);
+        }
+        let len = QUEUE.lock().len();
+        assert!(len < 4096, "queue keeps {len} dead entries");
     }
 
     #[test]
