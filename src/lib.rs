@@ -10,6 +10,7 @@
 
 pub mod attr;
 pub mod cli;
+pub mod cmd;
 pub mod copyup;
 pub mod daemon;
 pub mod fdcache;
@@ -19,6 +20,7 @@ pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
+pub mod layer;
 pub mod listing;
 pub mod lower;
 pub mod names;
