@@ -73,7 +73,13 @@ pub fn run(a: Args) -> Result<i32, String> {
             if let (Ok(u), Some(Ok(p))) = (
                 std::fs::canonicalize(&a.upper),
                 path.parent()
-                    .map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p })
+                    .map(|p| {
+                        if p.as_os_str().is_empty() {
+                            std::path::Path::new(".")
+                        } else {
+                            p
+                        }
+                    })
                     .map(std::fs::canonicalize),
             ) && p.starts_with(&u)
             {

@@ -33,7 +33,11 @@ pub const TABLE: &[Entry] = &[
 ];
 
 #[derive(Parser, Debug)]
-#[command(name = "plyfs", version, about = "plyfs layer and maintenance commands")]
+#[command(
+    name = "plyfs",
+    version,
+    about = "plyfs layer and maintenance commands"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,10 @@ pub fn is_subcommand(args: &[OsString]) -> bool {
     let Some(first) = args.get(1) else {
         return false;
     };
-    if !TABLE.iter().any(|e| first.as_encoded_bytes() == e.name.as_bytes()) {
+    if !TABLE
+        .iter()
+        .any(|e| first.as_encoded_bytes() == e.name.as_bytes())
+    {
         return false;
     }
     let mount_opts = args.iter().skip(2).any(|a| {
@@ -80,7 +87,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Err(e) => {
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
             eprintln!("plyfs: {first} (see plyfs COMMAND --help)");
             return 1;
         }
@@ -136,8 +147,20 @@ mod tests {
         assert!(is_subcommand(&v(&["plyfs", "diff", "/u"])));
         assert!(is_subcommand(&v(&["plyfs", "apply", "l.tar", "/d"])));
         assert!(!is_subcommand(&v(&["plyfs", "-o", "lowerdir=/a", "/m"])));
-        assert!(!is_subcommand(&v(&["plyfs", "overlay", "/m", "-o", "lowerdir=/a"])));
-        assert!(!is_subcommand(&v(&["plyfs", "diff", "/m", "-o", "rw,lowerdir=/a"])));
+        assert!(!is_subcommand(&v(&[
+            "plyfs",
+            "overlay",
+            "/m",
+            "-o",
+            "lowerdir=/a"
+        ])));
+        assert!(!is_subcommand(&v(&[
+            "plyfs",
+            "diff",
+            "/m",
+            "-o",
+            "rw,lowerdir=/a"
+        ])));
         assert!(!is_subcommand(&v(&["plyfs"])));
     }
 }

@@ -13,7 +13,7 @@
 //! Safety against hostile archives: every entry is created relative to a
 //! descriptor of its parent directory, reached from DIR one component at a
 //! time with `O_NOFOLLOW|O_DIRECTORY`; absolute paths, `..`, names over 255
-//! bytes or paths over 4096 bytes, parents that are not directories (a
+//! bytes or paths over 256 KiB, parents that are not directories (a
 //! symlink planted by an earlier entry included), hard links whose target
 //! is not a non-directory inside DIR, device nodes an unprivileged user
 //! cannot make, and entries the reader flags (huge names, sparse files) are
@@ -36,8 +36,10 @@ use crate::ovl_xattr::{self, Prefix};
 use crate::sys::{self, Errno, fs::TimeSpec};
 use crate::whiteout::{self, OciName};
 
-/// Longest archive path accepted (PATH_MAX).
-pub const PATH_MAX: usize = 4096;
+/// Longest archive path accepted. Entries are created by descriptors one
+/// name at a time, so paths may exceed the kernel's PATH_MAX (trees 10,000
+/// levels deep); this only bounds what a hostile archive can ask for.
+pub const PATH_MAX: usize = 256 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -166,7 +168,12 @@ fn writable(mode: u32) -> bool {
 }
 
 impl Apply<'_> {
-    fn is_whiteout(&self, dir: BorrowedFd<'_>, n: &Name, st: &sys::fs::Stat) -> Result<bool, Errno> {
+    fn is_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        n: &Name,
+        st: &sys::fs::Stat,
+    ) -> Result<bool, Errno> {
         if self.o.format != Format::Kernel {
             return Ok(false);
         }
@@ -375,7 +382,11 @@ impl Apply<'_> {
         )
     }
 
-    fn entry<R: Read>(&mut self, h: &Header, tar: &mut Reader<R>) -> Result<Result<(), Refusal>, String> {
+    fn entry<R: Read>(
+        &mut self,
+        h: &Header,
+        tar: &mut Reader<R>,
+    ) -> Result<Result<(), Refusal>, String> {
         if let Some(p) = &h.problem {
             return Ok(refuse(p));
         }
@@ -410,7 +421,12 @@ impl Apply<'_> {
         }
     }
 
-    fn file<R: Read>(&mut self, n: &Name, h: &Header, tar: &mut Reader<R>) -> Result<Result<(), Refusal>, String> {
+    fn file<R: Read>(
+        &mut self,
+        n: &Name,
+        h: &Header,
+        tar: &mut Reader<R>,
+    ) -> Result<Result<(), Refusal>, String> {
         if let Err(r) = self.make_room(n, false) {
             return Ok(Err(r));
         }
@@ -661,13 +677,16 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(split_path(b"./a//b/").unwrap(), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            split_path(b"./a//b/").unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert_eq!(split_path(b".").unwrap(), Vec::<Vec<u8>>::new());
         assert!(split_path(b"/etc/passwd").is_err());
         assert!(split_path(b"a/../../b").is_err());
         assert!(split_path(b"..").is_err());
         assert!(split_path(&[b'a'; 256]).is_err());
-        assert!(split_path(&[b'a'; 4097]).is_err());
+        assert!(split_path(&[b'a'; PATH_MAX + 1]).is_err());
         assert!(split_path(b"a/\xff\xfe").is_ok());
     }
 }

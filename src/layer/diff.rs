@@ -223,8 +223,13 @@ fn open_dir(dir: BorrowedFd<'_>, name: &Name) -> Result<OwnedFd, Errno> {
 pub fn diff<W: Write>(o: &DiffOptions, out: W) -> Result<DiffStats, String> {
     let c = CString::new(o.upper.as_os_str().as_bytes())
         .map_err(|_| "upper path contains a NUL byte".to_string())?;
-    let root = sys::fs::open_cwd(&c, libc::O_RDONLY | libc::O_DIRECTORY)
-        .map_err(|e| format!("cannot open upper {}: {}", o.upper.display(), err_at(b"", e)))?;
+    let root = sys::fs::open_cwd(&c, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| {
+        format!(
+            "cannot open upper {}: {}",
+            o.upper.display(),
+            err_at(b"", e)
+        )
+    })?;
     let upper_root = sys::fs::dup(root.as_fd()).map_err(|e| err_at(b"", e))?;
     let view = if o.lowers.is_empty() {
         None
@@ -265,7 +270,9 @@ pub fn diff<W: Write>(o: &DiffOptions, out: W) -> Result<DiffStats, String> {
         w.emit_marker(p)?;
         w.stats.whiteouts += 1;
     }
-    w.tar.finish().map_err(|e| format!("writing the layer: {e}"))?;
+    w.tar
+        .finish()
+        .map_err(|e| format!("writing the layer: {e}"))?;
     Ok(w.stats)
 }
 
@@ -511,16 +518,20 @@ impl<W: Write> Walk<W> {
         if st.is_reg() && st.nlink > 1 && self.hard_link(&st, &path, dir, &n)? {
             return Ok(());
         }
-        let Some(h) =
-            meta::header_for(dir, n.as_cstr(), &st, path.clone(), &self.ids).map_err(|e| err_at(&path, e))?
+        let Some(h) = meta::header_for(dir, n.as_cstr(), &st, path.clone(), &self.ids)
+            .map_err(|e| err_at(&path, e))?
         else {
-            eprintln!("plyfs diff: {}: sockets cannot be stored in a layer; skipped", show(&path));
+            eprintln!(
+                "plyfs diff: {}: sockets cannot be stored in a layer; skipped",
+                show(&path)
+            );
             self.stats.skipped += 1;
             return Ok(());
         };
         self.append(&h)?;
         if st.is_reg() {
-            let fm = whiteout::file_markers(dir, n.as_cstr(), &BOTH).map_err(|e| err_at(&path, e))?;
+            let fm =
+                whiteout::file_markers(dir, n.as_cstr(), &BOTH).map_err(|e| err_at(&path, e))?;
             let fd = if fm.metacopy {
                 self.stats.metacopy_files += 1;
                 let src = self.metacopy_source(frames, dir, &n, &path)?;
@@ -547,7 +558,11 @@ impl<W: Write> Walk<W> {
                 if let Some(Ok(comps)) = parse_redirect(r) {
                     self.check_old_location(&comps)?;
                 }
-                (Mode::Full, target.map_or(LowerLoc::None, LowerLoc::Ref), true)
+                (
+                    Mode::Full,
+                    target.map_or(LowerLoc::None, LowerLoc::Ref),
+                    true,
+                )
             }
             (Mode::Changes, _) if opaque => (Mode::Changes, LowerLoc::None, true),
             (Mode::Changes, _) => (Mode::Changes, LowerLoc::Pending(name.clone()), false),
@@ -600,7 +615,11 @@ impl<W: Write> Walk<W> {
             Some(LowerLoc::Ref(p)) => p,
             _ => return Ok(()),
         };
-        let Some(obj) = self.view()?.lookup(parent, &name).map_err(|e| err_at(&path, e))? else {
+        let Some(obj) = self
+            .view()?
+            .lookup(parent, &name)
+            .map_err(|e| err_at(&path, e))?
+        else {
             return Ok(());
         };
         let st = obj.stat().map_err(|e| err_at(&path, e))?;
@@ -707,7 +726,8 @@ impl<W: Write> Walk<W> {
                 // Something (a whiteout, a file, a new directory) is there.
                 return Ok(());
             }
-            let m = whiteout::dir_markers(cur.as_fd(), n.as_cstr(), &BOTH).map_err(|e| err_at(c, e))?;
+            let m =
+                whiteout::dir_markers(cur.as_fd(), n.as_cstr(), &BOTH).map_err(|e| err_at(c, e))?;
             if m.opaque == OpaqueValue::Opaque {
                 return Ok(());
             }
@@ -721,7 +741,8 @@ impl<W: Write> Walk<W> {
             p.extend_from_slice(d);
             p.push(b'/');
         }
-        let wh = whiteout::oci_whiteout_name(last).ok_or_else(|| err_at(last, Errno::ENAMETOOLONG))?;
+        let wh =
+            whiteout::oci_whiteout_name(last).ok_or_else(|| err_at(last, Errno::ENAMETOOLONG))?;
         p.extend_from_slice(&wh);
         self.late_whiteouts.insert(p);
         Ok(())
@@ -740,7 +761,8 @@ impl<W: Write> Walk<W> {
         let mut off = 0u64;
         while off < size {
             let want = (size - off).min(self.buf.len() as u64) as usize;
-            let n = sys::io::pread_full(fd, &mut self.buf[..want], off).map_err(|e| err_at(path, e))?;
+            let n =
+                sys::io::pread_full(fd, &mut self.buf[..want], off).map_err(|e| err_at(path, e))?;
             if n == 0 {
                 return Err(format!(
                     "{}: file shrank while being read (diff of a live mount needs it quiescent)",

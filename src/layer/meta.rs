@@ -23,6 +23,9 @@ pub struct Ids {
     pub gids: IdMap,
 }
 
+/// Attribute (name, value) pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The archive kind of a file type, None for sockets (tar has none).
 pub fn kind_of(st: &Stat) -> Option<Kind> {
     Some(match st.file_type() {
@@ -38,7 +41,7 @@ pub fn kind_of(st: &Stat) -> Option<Kind> {
 
 /// User-visible attributes of `name` in `dir`, sorted, markers dropped and
 /// escaped names unescaped.
-pub fn visible_xattrs(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Errno> {
+pub fn visible_xattrs(dir: BorrowedFd<'_>, name: &CStr) -> Result<Xattrs, Errno> {
     let list = match sys::xattr::list_at(dir, name) {
         Ok(l) => l,
         Err(e) if e.code() == libc::ENOTSUP || e.code() == libc::EPERM => return Ok(Vec::new()),

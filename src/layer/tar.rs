@@ -583,7 +583,13 @@ impl<R: Read> Reader<R> {
             let signed: i64 = b
                 .iter()
                 .enumerate()
-                .map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as i8 as i64 })
+                .map(|(i, &x)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        x as i8 as i64
+                    }
+                })
                 .sum();
             if stored != unsigned && stored as i64 != signed {
                 return Err(invalid(format!(
@@ -808,7 +814,10 @@ mod tests {
     #[test]
     fn same_input_same_bytes() {
         let mut h = Header::new(b"a".to_vec(), Kind::File);
-        h.xattrs = vec![(b"user.b".to_vec(), b"2".to_vec()), (b"user.a".to_vec(), b"1".to_vec())];
+        h.xattrs = vec![
+            (b"user.b".to_vec(), b"2".to_vec()),
+            (b"user.a".to_vec(), b"1".to_vec()),
+        ];
         let one = {
             let mut w = Writer::new(Vec::new());
             w.append(&h).unwrap();
@@ -865,10 +874,15 @@ mod tests {
         l[257..265].copy_from_slice(b"ustar  \0");
         finish_block(&mut l);
         bytes.extend_from_slice(&l);
-        bytes.extend(std::iter::repeat_n(b'a', (MAX_META + 1).div_ceil(512) as usize * 512));
+        bytes.extend(std::iter::repeat_n(
+            b'a',
+            (MAX_META + 1).div_ceil(512) as usize * 512,
+        ));
         let mut w = Writer::new(Vec::new());
-        w.append(&Header::new(b"victim".to_vec(), Kind::File)).unwrap();
-        w.append(&Header::new(b"next".to_vec(), Kind::File)).unwrap();
+        w.append(&Header::new(b"victim".to_vec(), Kind::File))
+            .unwrap();
+        w.append(&Header::new(b"next".to_vec(), Kind::File))
+            .unwrap();
         bytes.extend(w.finish().unwrap());
         let mut r = Reader::new(&bytes[..]);
         let first = r.next_entry().unwrap().unwrap();

@@ -1,0 +1,559 @@
+//! `plyfs diff` and `plyfs apply`, end to end.
+//!
+//! - Random change sets made through a plyfs mount (`redirect_dir=on`, so
+//!   directory renames leave redirects) are written with `plyfs diff`; the
+//!   layer must be deterministic and, applied three ways, give back the
+//!   mount's merged view: by `plyfs apply` under kernel overlayfs, by an
+//!   independent OCI applier (GNU tar extraction plus whiteout handling
+//!   written here) over a copy of the lower, and by `plyfs apply --oci`
+//!   under a read-only plyfs mount.
+//! - Kernel-written uppers (redirects, metacopy), hostile archives, a
+//!   10,000-level tree, rootless markers and id maps, and podman (`podman
+//!   diff` and `podman export` of a container whose storage uses plyfs).
+
+mod common;
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn plyfs(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(PLYFS)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run plyfs")
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+/// Runs `plyfs diff -v`; returns its summary line.
+fn diff_layer(upper: &Path, lowers: &[&Path], out: &Path) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec![os("diff"), os("-v")];
+    let joined = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    if !lowers.is_empty() {
+        args.push(os("--lower"));
+        args.push(os(&joined));
+    }
+    args.extend([upper.as_os_str(), os("-o"), out.as_os_str()]);
+    let o = plyfs(&args);
+    ok(&o, "plyfs diff");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A count from the summary line (`N what`).
+fn count(summary: &str, what: &str) -> u64 {
+    let i = summary
+        .find(what)
+        .unwrap_or_else(|| panic!("{what} in {summary}"));
+    summary[..i]
+        .trim_end()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn apply_layer(tar: &Path, dir: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![os("apply")];
+    args.extend(extra.iter().map(|s| os(s)));
+    args.extend([tar.as_os_str(), dir.as_os_str()]);
+    plyfs(&args)
+}
+
+fn sh(script: &str) {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn mknod(p: &Path, mode: u32, dev: u64) -> bool {
+    // SAFETY: mknod with a valid path.
+    unsafe { libc::mknod(cpath(p).as_ptr(), mode, dev) == 0 }
+}
+
+fn lchown(p: &Path, uid: u32, gid: u32) {
+    // SAFETY: lchown with a valid path.
+    unsafe {
+        libc::lchown(cpath(p).as_ptr(), uid, gid);
+    }
+}
+
+fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let t = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: utimensat with a valid path and two timespecs.
+    unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cpath(p).as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        );
+    }
+}
+
+fn remove_xattr(p: &Path, name: &str) {
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid strings.
+    unsafe {
+        libc::lremovexattr(cpath(p).as_ptr(), n.as_ptr());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Comparing trees
+// ---------------------------------------------------------------------------
+
+/// Snapshot plus what it leaves out that a layer must keep: mtimes of
+/// files and which names share an inode.
+#[derive(Debug, PartialEq)]
+struct Tree {
+    entries: BTreeMap<Vec<u8>, EntryInfo>,
+    mtimes: BTreeMap<Vec<u8>, (i64, i64)>,
+    links: Vec<Vec<Vec<u8>>>,
+}
+
+fn tree(root: &Path) -> Tree {
+    let entries = snapshot(root);
+    let mut mtimes = BTreeMap::new();
+    let mut groups: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    for (k, e) in &entries {
+        if e.kind != 'f' {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(bpath(root, k)).unwrap();
+        mtimes.insert(k.clone(), (md.mtime(), md.mtime_nsec()));
+        if md.nlink() > 1 {
+            groups
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(k.clone());
+        }
+    }
+    let mut links: Vec<Vec<Vec<u8>>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    links.sort();
+    Tree {
+        entries,
+        mtimes,
+        links,
+    }
+}
+
+fn assert_same(want: &Tree, got: &Tree, what: &str) {
+    let d = diff(&want.entries, &got.entries, "mount", what);
+    assert!(d.is_empty(), "{what} differs from the merged view:\n{d}");
+    assert_eq!(want.mtimes, got.mtimes, "{what}: file mtimes differ");
+    assert_eq!(want.links, got.links, "{what}: hard links differ");
+}
+
+// ---------------------------------------------------------------------------
+// An independent OCI applier: GNU tar extracts, whiteouts handled here
+// ---------------------------------------------------------------------------
+
+fn remove_any(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
+        Ok(_) => std::fs::remove_file(p).unwrap(),
+        Err(_) => {}
+    }
+}
+
+fn copy_dir_meta(from: &Path, to: &Path) {
+    let md = std::fs::symlink_metadata(from).unwrap();
+    lchown(to, md.uid(), md.gid());
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(md.mode() & 0o7777)).unwrap();
+    for (n, _) in xattrs(to) {
+        remove_xattr(to, std::str::from_utf8(&n).unwrap());
+    }
+    for (n, v) in xattrs(from) {
+        set_xattr(to, std::str::from_utf8(&n).unwrap(), &v).unwrap();
+    }
+}
+
+/// Applies the layer in `staging` (extracted as is, `.wh.` files included)
+/// over `base` with OCI semantics: an opaque marker empties the directory
+/// below, `.wh.X` removes X, every other entry replaces what is there
+/// (directories merge). Entries are moved, so hard links survive.
+fn oci_merge(staging: &Path, base: &Path) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let sdir = staging.join(&rel);
+        let bdir = base.join(&rel);
+        let mut names: Vec<Vec<u8>> = std::fs::read_dir(&sdir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+            .collect();
+        names.sort();
+        if names.iter().any(|n| n == b".wh..wh..opq") {
+            for e in std::fs::read_dir(&bdir).unwrap() {
+                remove_any(&e.unwrap().path());
+            }
+        }
+        for n in &names {
+            if let Some(t) = n.strip_prefix(b".wh.") {
+                if t != b".wh..opq" {
+                    remove_any(&bpath(&bdir, t));
+                }
+            }
+        }
+        for n in names.iter().filter(|n| !n.starts_with(b".wh.")) {
+            let s = bpath(&sdir, n);
+            let b = bpath(&bdir, n);
+            let md = std::fs::symlink_metadata(&s).unwrap();
+            if md.is_dir() {
+                if !std::fs::symlink_metadata(&b).is_ok_and(|m| m.is_dir()) {
+                    remove_any(&b);
+                    std::fs::create_dir(&b).unwrap();
+                }
+                copy_dir_meta(&s, &b);
+                stack.push(rel.join(std::ffi::OsStr::from_bytes(n)));
+            } else {
+                remove_any(&b);
+                std::fs::rename(&s, &b).unwrap();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Random lower trees and change sets
+// ---------------------------------------------------------------------------
+
+const NAMES: &[&str] = &["a", "b", "c", "dir", "sub", "x", "long-name-file"];
+
+fn pick<'a, T>(rng: &mut SmallRng, v: &'a [T]) -> Option<&'a T> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(&v[rng.gen_range(0..v.len())])
+    }
+}
+
+fn data(rng: &mut SmallRng) -> Vec<u8> {
+    let len = match rng.gen_range(0..10) {
+        0 => 0,
+        1 => rng.gen_range(100_000..300_000),
+        _ => rng.gen_range(1..2000),
+    };
+    let fill: u8 = rng.r#gen();
+    (0..len)
+        .map(|i| fill.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+/// Every path below `root` (relative), directories and others.
+fn paths(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut dirs, mut others) = (vec![PathBuf::new()], Vec::new());
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&rel)) else {
+            continue;
+        };
+        let mut v: Vec<_> = rd.flatten().map(|e| e.file_name()).collect();
+        v.sort();
+        for n in v {
+            let p = rel.join(&n);
+            match std::fs::symlink_metadata(root.join(&p)) {
+                Ok(m) if m.is_dir() => {
+                    dirs.push(p.clone());
+                    stack.push(p);
+                }
+                Ok(_) => others.push(p),
+                Err(_) => {}
+            }
+        }
+    }
+    (dirs, others)
+}
+
+fn new_path(rng: &mut SmallRng, root: &Path) -> PathBuf {
+    let (dirs, _) = paths(root);
+    let d = pick(rng, &dirs).cloned().unwrap_or_default();
+    d.join(pick(rng, NAMES).unwrap())
+}
+
+fn gen_lower(rng: &mut SmallRng, root: &Path) {
+    for _ in 0..70 {
+        let p = root.join(new_path(rng, root));
+        if p.symlink_metadata().is_ok() || p.components().count() > root.components().count() + 4 {
+            continue;
+        }
+        match rng.gen_range(0..10) {
+            0..=2 => std::fs::create_dir(&p).unwrap(),
+            3..=6 => {
+                std::fs::write(&p, data(rng)).unwrap();
+                if rng.gen_bool(0.3) {
+                    set_xattr(&p, "user.lower", b"v").unwrap();
+                }
+                set_mtime(&p, 1_600_000_000 + rng.gen_range(0..1000), 0);
+            }
+            7 => std::os::unix::fs::symlink("target/of/link", &p).unwrap(),
+            8 => {
+                let (_, files) = paths(root);
+                if let Some(f) = pick(rng, &files) {
+                    if root.join(f).symlink_metadata().unwrap().is_file() {
+                        let _ = std::fs::hard_link(root.join(f), &p);
+                    }
+                }
+            }
+            _ => {
+                mknod(&p, libc::S_IFIFO | 0o644, 0);
+            }
+        }
+    }
+}
+
+/// One random change through the mount; failures (EXDEV, ENOTEMPTY, ...)
+/// are part of the game and ignored.
+fn random_op(rng: &mut SmallRng, m: &Path) {
+    let (dirs, others) = paths(m);
+    let any: Vec<PathBuf> = dirs[1..].iter().chain(others.iter()).cloned().collect();
+    let files: Vec<PathBuf> = others
+        .iter()
+        .filter(|p| m.join(p).symlink_metadata().is_ok_and(|x| x.is_file()))
+        .cloned()
+        .collect();
+    match rng.gen_range(0..16) {
+        0 | 1 => {
+            // Never open a FIFO (it would block).
+            let p = m.join(new_path(rng, m));
+            if p.symlink_metadata().map_or(true, |x| x.is_file()) {
+                let _ = std::fs::write(p, data(rng));
+            }
+        }
+        2 => {
+            if let Some(f) = pick(rng, &files) {
+                use std::io::Write;
+                if let Ok(mut h) = std::fs::OpenOptions::new().append(true).open(m.join(f)) {
+                    let _ = h.write_all(b"appended\n");
+                }
+            }
+        }
+        3 => {
+            let _ = std::fs::create_dir(m.join(new_path(rng, m)));
+        }
+        4 => {
+            if let Some(p) = pick(rng, &any) {
+                remove_any(&m.join(p));
+            }
+        }
+        5 | 6 => {
+            // Renames, directories included (redirects).
+            if let Some(p) = pick(rng, &any) {
+                let to = new_path(rng, m);
+                let _ = std::fs::rename(m.join(p), m.join(to));
+            }
+        }
+        7 => {
+            if let Some(f) = pick(rng, &files) {
+                let _ = std::fs::hard_link(m.join(f), m.join(new_path(rng, m)));
+            }
+        }
+        8 => {
+            let _ = std::os::unix::fs::symlink("../some/where", m.join(new_path(rng, m)));
+        }
+        9 => {
+            let p = m.join(new_path(rng, m));
+            if rng.gen_bool(0.5) {
+                mknod(&p, libc::S_IFCHR | 0o600, libc::makedev(1, 3));
+            } else {
+                mknod(&p, libc::S_IFIFO | 0o640, 0);
+            }
+        }
+        10 => {
+            if let Some(p) = pick(rng, &any) {
+                let mode = *pick(rng, &[0o600, 0o755, 0o4755, 0o1777, 0o640]).unwrap();
+                let p = m.join(p);
+                if !p.symlink_metadata().unwrap().is_symlink() {
+                    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+                }
+            }
+        }
+        11 => {
+            if let Some(p) = pick(rng, &any) {
+                lchown(
+                    &m.join(p),
+                    rng.gen_range(0..3) * 1000,
+                    rng.gen_range(0..3) * 100,
+                );
+            }
+        }
+        12 => {
+            if let Some(f) = pick(rng, &files) {
+                set_mtime(
+                    &m.join(f),
+                    1_700_000_000 + rng.gen_range(0..100),
+                    rng.gen_range(0..999_999_999),
+                );
+            }
+        }
+        13 => {
+            if let Some(p) = pick(rng, &any) {
+                let p = m.join(p);
+                if !p.symlink_metadata().unwrap().is_symlink() {
+                    let name = *pick(rng, &["user.a", "user.b", "trusted.t", "trusted.overlay.x"])
+                        .unwrap();
+                    let _ = set_xattr(&p, name, format!("v{}", rng.gen_range(0..9)).as_bytes());
+                }
+            }
+        }
+        14 => {
+            if let Some(p) = pick(rng, &any) {
+                remove_xattr(&m.join(p), "user.lower");
+            }
+        }
+        _ => {
+            if let Some(f) = pick(rng, &files) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(m.join(f))
+                    .and_then(|h| h.set_len(rng.gen_range(0..5000)));
+            }
+        }
+    }
+}
+
+/// Returns the diff's summary line.
+fn round_trip(seed: u64) -> String {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let l = Layers::new(1);
+    gen_lower(&mut rng, l.lower(0));
+    let want = {
+        let m = PlyfsMount::start(&l.mnt, &format!("{},redirect_dir=on", l.options()), &[])
+            .expect("mount plyfs");
+        for _ in 0..120 {
+            random_op(&mut rng, &m.mnt);
+        }
+        let t = tree(&m.mnt);
+        drop(m);
+        t
+    };
+    let d = l.dir.path();
+    let layer = d.join("layer.tar");
+    let summary = diff_layer(&l.upper, &[l.lower(0)], &layer);
+    // Deterministic: the same upper gives the same bytes.
+    let again = d.join("again.tar");
+    diff_layer(&l.upper, &[l.lower(0)], &again);
+    assert!(
+        std::fs::read(&layer).unwrap() == std::fs::read(&again).unwrap(),
+        "seed {seed}: two diffs of one upper differ"
+    );
+    let lowerdir = l.lower(0).display().to_string();
+
+    // 1. plyfs apply (kernel format) as a lowerdir of kernel overlayfs.
+    let applied = d.join("applied");
+    ok(&apply_layer(&layer, &applied, &[]), "plyfs apply");
+    let km = d.join("kmnt");
+    std::fs::create_dir(&km).unwrap();
+    {
+        let _k = KernelMount::mount(&km, &format!("lowerdir={}:{lowerdir}", applied.display()))
+            .expect("kernel overlay over the applied layer");
+        assert_same(
+            &want,
+            &tree(&km),
+            &format!("seed {seed}: plyfs apply under kernel overlay"),
+        );
+    }
+
+    // 2. An independent applier: GNU tar, whiteouts handled by the test.
+    let staging = d.join("staging");
+    let base = d.join("base");
+    std::fs::create_dir(&staging).unwrap();
+    sh(&format!(
+        "cp -a {lowerdir} {} && tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C {}",
+        base.display(),
+        layer.display(),
+        staging.display()
+    ));
+    oci_merge(&staging, &base);
+    assert_same(
+        &want,
+        &tree(&base),
+        &format!("seed {seed}: GNU tar + OCI whiteouts"),
+    );
+
+    // 3. plyfs apply --oci (.wh. files kept), read by a plyfs mount.
+    let oci = d.join("oci");
+    ok(&apply_layer(&layer, &oci, &["--oci"]), "plyfs apply --oci");
+    let pm = d.join("pmnt");
+    std::fs::create_dir(&pm).unwrap();
+    let m = PlyfsMount::start(&pm, &format!("lowerdir={}:{lowerdir}", oci.display()), &[])
+        .expect("plyfs over the OCI layer");
+    assert_same(
+        &want,
+        &tree(&pm),
+        &format!("seed {seed}: plyfs apply --oci under plyfs"),
+    );
+    drop(m);
+    summary
+}
+
+#[test]
+fn random_change_sets_round_trip() {
+    if !require_root("random_change_sets_round_trip")
+        || !require_fuse("random_change_sets_round_trip")
+    {
+        return;
+    }
+    let seeds: Vec<u64> = match std::env::var("PLYFS_LAYER_SEED") {
+        Ok(s) => vec![s.parse().expect("PLYFS_LAYER_SEED")],
+        Err(_) => (1..=12).collect(),
+    };
+    let mut totals = [0u64; 4];
+    for seed in seeds {
+        let s = round_trip(seed);
+        eprintln!("seed {seed}: {s}");
+        for (t, what) in totals.iter_mut().zip([
+            " whiteouts",
+            " opaque directories",
+            " redirected directories",
+            " hard links",
+        ]) {
+            *t += count(&s, what);
+        }
+    }
+    // The random changes must exercise every kind of marker.
+    if std::env::var("PLYFS_LAYER_SEED").is_err() {
+        assert!(
+            totals.iter().all(|&n| n > 0),
+            "not every marker kind was exercised: {totals:?}"
+        );
+    }
+}
