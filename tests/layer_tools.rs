@@ -450,6 +450,65 @@ fn random_op(rng: &mut SmallRng, m: &Path) {
     }
 }
 
+/// Applies `layer` over the single `lower` three ways and compares each
+/// result with `want`: `plyfs apply` under kernel overlayfs, GNU tar plus
+/// the OCI whiteout rules above over a copy of the lower, and `plyfs apply
+/// --oci` under a read-only plyfs mount.
+fn verify_layer(layer: &Path, lower: &Path, want: &Tree, what: &str) {
+    let d = tempfile::Builder::new()
+        .prefix("plyfs-layer-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let d = d.path();
+    let lowerdir = lower.display().to_string();
+
+    // 1. plyfs apply (kernel format) as a lowerdir of kernel overlayfs.
+    let applied = d.join("applied");
+    ok(&apply_layer(layer, &applied, &[]), "plyfs apply");
+    let km = d.join("kmnt");
+    std::fs::create_dir(&km).unwrap();
+    {
+        let _k = KernelMount::mount(&km, &format!("lowerdir={}:{lowerdir}", applied.display()))
+            .expect("kernel overlay over the applied layer");
+        assert_same(
+            want,
+            &tree(&km),
+            &format!("{what}: plyfs apply under kernel overlay"),
+        );
+    }
+
+    // 2. An independent applier: GNU tar, whiteouts handled by the test.
+    let staging = d.join("staging");
+    let base = d.join("base");
+    std::fs::create_dir(&staging).unwrap();
+    sh(&format!(
+        "cp -a {lowerdir} {} && tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C {}",
+        base.display(),
+        layer.display(),
+        staging.display()
+    ));
+    oci_merge(&staging, &base);
+    assert_same(
+        want,
+        &tree(&base),
+        &format!("{what}: GNU tar + OCI whiteouts"),
+    );
+
+    // 3. plyfs apply --oci (.wh. files kept), read by a plyfs mount.
+    let oci = d.join("oci");
+    ok(&apply_layer(layer, &oci, &["--oci"]), "plyfs apply --oci");
+    let pm = d.join("pmnt");
+    std::fs::create_dir(&pm).unwrap();
+    let m = PlyfsMount::start(&pm, &format!("lowerdir={}:{lowerdir}", oci.display()), &[])
+        .expect("plyfs over the OCI layer");
+    assert_same(
+        want,
+        &tree(&pm),
+        &format!("{what}: plyfs apply --oci under plyfs"),
+    );
+    drop(m);
+}
+
 /// Returns the diff's summary line.
 fn round_trip(seed: u64) -> String {
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -475,53 +534,7 @@ fn round_trip(seed: u64) -> String {
         std::fs::read(&layer).unwrap() == std::fs::read(&again).unwrap(),
         "seed {seed}: two diffs of one upper differ"
     );
-    let lowerdir = l.lower(0).display().to_string();
-
-    // 1. plyfs apply (kernel format) as a lowerdir of kernel overlayfs.
-    let applied = d.join("applied");
-    ok(&apply_layer(&layer, &applied, &[]), "plyfs apply");
-    let km = d.join("kmnt");
-    std::fs::create_dir(&km).unwrap();
-    {
-        let _k = KernelMount::mount(&km, &format!("lowerdir={}:{lowerdir}", applied.display()))
-            .expect("kernel overlay over the applied layer");
-        assert_same(
-            &want,
-            &tree(&km),
-            &format!("seed {seed}: plyfs apply under kernel overlay"),
-        );
-    }
-
-    // 2. An independent applier: GNU tar, whiteouts handled by the test.
-    let staging = d.join("staging");
-    let base = d.join("base");
-    std::fs::create_dir(&staging).unwrap();
-    sh(&format!(
-        "cp -a {lowerdir} {} && tar --xattrs --xattrs-include='*' --numeric-owner -xpf {} -C {}",
-        base.display(),
-        layer.display(),
-        staging.display()
-    ));
-    oci_merge(&staging, &base);
-    assert_same(
-        &want,
-        &tree(&base),
-        &format!("seed {seed}: GNU tar + OCI whiteouts"),
-    );
-
-    // 3. plyfs apply --oci (.wh. files kept), read by a plyfs mount.
-    let oci = d.join("oci");
-    ok(&apply_layer(&layer, &oci, &["--oci"]), "plyfs apply --oci");
-    let pm = d.join("pmnt");
-    std::fs::create_dir(&pm).unwrap();
-    let m = PlyfsMount::start(&pm, &format!("lowerdir={}:{lowerdir}", oci.display()), &[])
-        .expect("plyfs over the OCI layer");
-    assert_same(
-        &want,
-        &tree(&pm),
-        &format!("seed {seed}: plyfs apply --oci under plyfs"),
-    );
-    drop(m);
+    verify_layer(&layer, l.lower(0), &want, &format!("seed {seed}"));
     summary
 }
 
@@ -556,4 +569,414 @@ fn random_change_sets_round_trip() {
             "not every marker kind was exercised: {totals:?}"
         );
     }
+}
+
+/// An upper written by kernel overlayfs with `redirect_dir=on,metacopy=on`:
+/// renamed directories (relative and absolute redirects, changed after the
+/// rename), metacopy files (in place and renamed), whiteouts inside a
+/// renamed directory. Without `--lower` such an upper is refused.
+#[test]
+fn kernel_upper_with_redirects_and_metacopy() {
+    if !require_root("kernel_upper_with_redirects_and_metacopy")
+        || !require_fuse("kernel_upper_with_redirects_and_metacopy")
+    {
+        return;
+    }
+    let l = Layers::new(1);
+    let lo = l.lower(0);
+    write(&lo.join("same/inner/f"), b"inner\n");
+    write(&lo.join("same/inner/gone"), b"gone\n");
+    write(&lo.join("far/away/deep/x"), b"x\n");
+    write(&lo.join("other/keep"), b"keep\n");
+    write(&lo.join("meta"), &vec![7u8; 100_000]);
+    write(&lo.join("meta2"), b"metadata only copy\n");
+    set_xattr(&lo.join("meta"), "user.m", b"1").unwrap();
+    let want = {
+        let _k = l.mount_kernel("redirect_dir=on,metacopy=on");
+        let m = &l.mnt;
+        std::fs::rename(m.join("same/inner"), m.join("same/renamed")).unwrap();
+        std::fs::remove_file(m.join("same/renamed/gone")).unwrap();
+        write(&m.join("same/renamed/new"), b"new\n");
+        std::fs::rename(m.join("far/away"), m.join("other/moved")).unwrap();
+        write(&m.join("other/moved/deep/y"), b"y\n");
+        std::fs::set_permissions(m.join("meta"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        lchown(&m.join("meta2"), 1000, 1000);
+        std::fs::rename(m.join("meta2"), m.join("other/meta2")).unwrap();
+        tree(m)
+    };
+    let scan = Command::new("getfattr")
+        .args(["-R", "-d", "-m", "trusted.overlay"])
+        .arg(&l.upper)
+        .output();
+    if let Ok(o) = scan {
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("redirect=\"inner\"") && text.contains("redirect=\"/far/away\""),
+            "kernel did not leave the expected redirects:\n{text}"
+        );
+        assert!(
+            text.contains("metacopy"),
+            "kernel made no metacopy file:\n{text}"
+        );
+    }
+    let layer = l.dir.path().join("layer.tar");
+    let out = plyfs(&[os("diff"), l.upper.as_os_str(), os("-o"), layer.as_os_str()]);
+    assert!(
+        !out.status.success(),
+        "diff of a redirected upper without --lower succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--lower"),
+        "error does not say --lower is needed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = diff_layer(&l.upper, &[lo], &layer);
+    assert_eq!(count(&s, " redirected directories"), 2, "{s}");
+    assert_eq!(count(&s, " metacopy files"), 2, "{s}");
+    verify_layer(&layer, lo, &want, "kernel upper");
+}
+
+/// Builds an archive with plyfs's own writer.
+fn archive(entries: &[(plyfs::layer::tar::Header, Vec<u8>)]) -> Vec<u8> {
+    let mut w = plyfs::layer::tar::Writer::new(Vec::new());
+    for (h, d) in entries {
+        w.append(h).unwrap();
+        w.write_data(d).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+fn hdr(
+    path: &[u8],
+    kind: plyfs::layer::tar::Kind,
+    link: &[u8],
+    data: &[u8],
+) -> (plyfs::layer::tar::Header, Vec<u8>) {
+    let mut h = plyfs::layer::tar::Header::new(path.to_vec(), kind);
+    h.link = link.to_vec();
+    h.size = data.len() as u64;
+    (h, data.to_vec())
+}
+
+/// Hostile archives: every entry that would reach outside DIR (absolute
+/// paths, `..`, symlinked parents, hard links out), or is too large, is
+/// refused alone; the rest is extracted and nothing outside DIR changes.
+#[test]
+fn hostile_archives_are_refused_entry_by_entry() {
+    use plyfs::layer::tar::Kind::*;
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-hostile-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let outside = t.path().join("outside");
+    write(&outside.join("secret"), b"secret\n");
+    let dir = t.path().join("dir");
+    let o = outside.display().to_string();
+    let entries = vec![
+        hdr(b"ok-before", File, b"", b"fine\n"),
+        hdr(b"../escape", File, b"", b"x"),
+        hdr(b"sub/../../escape2", File, b"", b"x"),
+        hdr(format!("{o}/abs").as_bytes(), File, b"", b"x"),
+        hdr(b"evil", Symlink, o.as_bytes(), b""),
+        hdr(b"evil/planted", File, b"", b"x"),
+        hdr(b"up", Symlink, b"..", b""),
+        hdr(b"up/outside/planted", File, b"", b"x"),
+        hdr(b"hl-out", Link, b"../outside/secret", b""),
+        hdr(b"hl-abs", Link, format!("{o}/secret").as_bytes(), b""),
+        hdr(b"hl-through-symlink", Link, b"evil/secret", b""),
+        hdr(&[b'n'; 300], File, b"", b"x"),
+        hdr(b".wh...", File, b"", b""),
+        hdr(b"ok-dir/ok-after", File, b"", b"fine\n"),
+        hdr(b"hl-ok", Link, b"ok-before", b""),
+        hdr(b"evil", File, b"", b"replaced the symlink\n"),
+    ];
+    let mut bytes = archive(&entries);
+    // A GNU long name of 2 MiB before one more entry.
+    let mut long = [0u8; 512];
+    long[..13].copy_from_slice(b"././@LongLink");
+    long[100..108].copy_from_slice(b"0000644\0");
+    long[124..136].copy_from_slice(format!("{:011o}\0", 2 << 20).as_bytes());
+    long[156] = b'L';
+    long[257..265].copy_from_slice(b"ustar  \0");
+    let sum: u32 = long
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
+    long[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut tail = long.to_vec();
+    tail.extend(std::iter::repeat_n(b'a', 2 << 20));
+    tail.extend(archive(&[
+        hdr(b"huge-victim", File, b"", b"x"),
+        hdr(b"ok-last", File, b"", b"fine\n"),
+    ]));
+    bytes.truncate(bytes.len() - 1024);
+    bytes.extend(tail);
+    let tar = t.path().join("hostile.tar");
+    std::fs::write(&tar, &bytes).unwrap();
+    let before = snapshot(&outside);
+    let out = apply_layer(&tar, &dir, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "apply of a hostile archive: {err}"
+    );
+    assert_eq!(snapshot(&outside), before, "something outside DIR changed");
+    assert!(!t.path().join("escape").exists() && !t.path().join("escape2").exists());
+    for refused in [
+        "../escape",
+        "abs",
+        "evil/planted",
+        "up/outside/planted",
+        "hl-out",
+        "hl-abs",
+        "hl-through-symlink",
+        "huge-victim",
+        ".wh...",
+    ] {
+        assert!(
+            err.contains(refused),
+            "{refused} not reported as refused: {err}"
+        );
+    }
+    let got = snapshot(&dir);
+    let names: Vec<String> = got
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "evil",
+            "hl-ok",
+            "ok-before",
+            "ok-dir",
+            "ok-dir/ok-after",
+            "ok-last",
+            "up"
+        ],
+        "extracted entries"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("evil")).unwrap(),
+        b"replaced the symlink\n"
+    );
+    assert_eq!(std::fs::read_link(dir.join("up")).unwrap(), Path::new(".."));
+    let a = std::fs::metadata(dir.join("ok-before")).unwrap();
+    let b = std::fs::metadata(dir.join("hl-ok")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hard link inside DIR");
+}
+
+/// A tree 10,000 levels deep: diff and apply walk it by descriptors with
+/// a bounded number of them open, and paths far beyond PATH_MAX.
+#[test]
+fn ten_thousand_levels() {
+    if !require_root("ten_thousand_levels") {
+        return;
+    }
+    const DEPTH: usize = 10_000;
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-deep-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let upper = t.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    let c = |s: &str| CString::new(s).unwrap();
+    // SAFETY: plain *at calls on descriptors this test owns.
+    unsafe {
+        let mut fd = libc::open(cpath(&upper).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        assert!(fd >= 0);
+        for _ in 0..DEPTH {
+            assert_eq!(libc::mkdirat(fd, c("d").as_ptr(), 0o755), 0);
+            let next = libc::openat(fd, c("d").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+            assert!(next >= 0);
+            libc::close(fd);
+            fd = next;
+        }
+        let f = libc::openat(
+            fd,
+            c("bottom").as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT,
+            0o644,
+        );
+        assert_eq!(libc::write(f, b"deep\n".as_ptr().cast(), 5), 5);
+        libc::close(f);
+        assert_eq!(libc::mknodat(fd, c("gone").as_ptr(), libc::S_IFCHR, 0), 0);
+        libc::close(fd);
+    }
+    let layer = t.path().join("deep.tar");
+    let s = diff_layer(&upper, &[], &layer);
+    assert_eq!(count(&s, " entries"), DEPTH as u64 + 2, "{s}");
+    assert_eq!(count(&s, " whiteouts"), 1, "{s}");
+    let dir = t.path().join("applied");
+    ok(&apply_layer(&layer, &dir, &[]), "apply of a deep layer");
+    // SAFETY: as above.
+    unsafe {
+        let mut fd = libc::open(cpath(&dir).as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+        for i in 0..DEPTH {
+            let next = libc::openat(
+                fd,
+                c("d").as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            );
+            assert!(next >= 0, "level {i} missing");
+            libc::close(fd);
+            fd = next;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(
+            libc::fstatat(fd, c("gone").as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW),
+            0
+        );
+        assert_eq!(
+            (st.st_mode & libc::S_IFMT, st.st_rdev),
+            (libc::S_IFCHR, 0),
+            "whiteout at the bottom"
+        );
+        let f = libc::openat(fd, c("bottom").as_ptr(), libc::O_RDONLY);
+        let mut buf = [0u8; 16];
+        assert_eq!(libc::read(f, buf.as_mut_ptr().cast(), 16), 5);
+        assert_eq!(&buf[..5], b"deep\n");
+        libc::close(f);
+        libc::close(fd);
+    }
+    // Removing such trees needs descriptors too (rm -rf copes).
+    sh(&format!("rm -rf {} {}", upper.display(), dir.display()));
+}
+
+/// Rootless form: an upper with `user.overlay.*` markers and shifted ids
+/// (`--uidmap`), and `plyfs apply` run by an unprivileged user, which
+/// writes `user.overlay.*` markers a `userxattr` kernel mount reads.
+#[test]
+fn rootless_markers_and_id_maps() {
+    if !require_root("rootless_markers_and_id_maps") {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-rootless-")
+        .tempdir_in(test_root())
+        .unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lower = t.path().join("lower");
+    write(&lower.join("opq/old"), b"old\n");
+    write(&lower.join("xw/deleted"), b"deleted\n");
+    write(&lower.join("xw/kept"), b"kept\n");
+    let upper = t.path().join("upper");
+    write(&upper.join("opq/new"), b"new\n");
+    set_xattr(&upper.join("opq"), "user.overlay.opaque", b"y").unwrap();
+    write(&upper.join("xw/deleted"), b"");
+    set_xattr(&upper.join("xw/deleted"), "user.overlay.whiteout", b"").unwrap();
+    set_xattr(&upper.join("xw"), "user.overlay.opaque", b"x").unwrap();
+    write(&upper.join("owned"), b"ids\n");
+    // A rootless upper holds shifted ids (container root is 100000).
+    for p in ["opq", "opq/new", "xw", "xw/deleted"] {
+        lchown(&upper.join(p), 100_000, 100_000);
+    }
+    lchown(&upper.join("owned"), 100_005, 100_007);
+    let want = {
+        let m = t.path().join("m");
+        std::fs::create_dir(&m).unwrap();
+        let w = t.path().join("w");
+        std::fs::create_dir(&w).unwrap();
+        let _k = KernelMount::mount(
+            &m,
+            &format!(
+                "lowerdir={},upperdir={},workdir={},userxattr",
+                lower.display(),
+                upper.display(),
+                w.display()
+            ),
+        )
+        .expect("kernel userxattr mount");
+        let mut tr = tree(&m);
+        let e = tr.entries.get_mut(&b"owned"[..]).unwrap();
+        assert_eq!((e.uid, e.gid), (100_005, 100_007));
+        for e in tr.entries.values_mut() {
+            if e.uid >= 100_000 {
+                (e.uid, e.gid) = (e.uid - 100_000, e.gid - 100_000);
+            }
+        }
+        tr
+    };
+    let layer = t.path().join("layer.tar");
+    let o = plyfs(&[
+        os("diff"),
+        os("--uidmap"),
+        os("100000:0:65536"),
+        os("--gidmap"),
+        os("100000:0:65536"),
+        upper.as_os_str(),
+        os("-o"),
+        layer.as_os_str(),
+    ]);
+    ok(&o, "diff of a rootless upper");
+    let list = Command::new("tar")
+        .args(["-tvf"])
+        .arg(&layer)
+        .arg("--numeric-owner")
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("5/7")
+            && list.contains("opq/.wh..wh..opq")
+            && list.contains("xw/.wh.deleted"),
+        "{list}"
+    );
+    assert!(!list.contains("overlay"), "{list}");
+    verify_layer(&layer, &lower, &want, "rootless upper");
+
+    // Unprivileged apply: user.overlay.* markers, files of the caller.
+    let dir = t.path().join("byuser");
+    std::fs::create_dir(&dir).unwrap();
+    lchown(&dir, 65534, 65534);
+    std::fs::set_permissions(&layer, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(PLYFS)
+        .arg("apply")
+        .arg(&layer)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    ok(&out, "unprivileged plyfs apply");
+    assert_eq!(
+        get_xattr(&dir.join("opq"), "user.overlay.opaque").unwrap(),
+        b"y"
+    );
+    assert!(get_xattr(&dir.join("opq"), "trusted.overlay.opaque").is_err());
+    let md = std::fs::symlink_metadata(dir.join("owned")).unwrap();
+    assert_eq!(
+        md.uid(),
+        65534,
+        "an unprivileged apply keeps files as the caller's"
+    );
+    let m = t.path().join("m2");
+    std::fs::create_dir(&m).unwrap();
+    let _k = KernelMount::mount(
+        &m,
+        &format!("lowerdir={}:{},userxattr", dir.display(), lower.display()),
+    )
+    .expect("kernel userxattr mount over the user's layer");
+    let got = tree(&m);
+    let mut want_user = want;
+    for (k, e) in want_user.entries.iter_mut() {
+        if !std::fs::symlink_metadata(bpath(&lower, k)).is_ok() || k == b"opq" || k == b"xw" {
+            (e.uid, e.gid) = (65534, 65534);
+        }
+    }
+    let d = diff(
+        &want_user.entries,
+        &got.entries,
+        "want",
+        "applied by a user",
+    );
+    assert!(d.is_empty(), "{d}");
 }
