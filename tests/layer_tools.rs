@@ -980,3 +980,253 @@ fn rootless_markers_and_id_maps() {
     );
     assert!(d.is_empty(), "{d}");
 }
+
+// ---------------------------------------------------------------------------
+// podman: a container whose storage uses plyfs
+// ---------------------------------------------------------------------------
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Throwaway rootful podman storage with plyfs as mount program; removes
+/// its containers, images and mounts when dropped.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = self.dir.path();
+        let mut c = Command::new("timeout");
+        c.args(["-k", "10", "180", "podman"])
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--runroot")
+            .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .args(["--storage-driver", "overlay", "--storage-opt"])
+            .arg(format!("overlay.mount_program={PLYFS}"))
+            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file"])
+            .args(args)
+            .current_dir(d)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().expect("run podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for args in [
+            &["rm", "--all", "--force", "--time", "0"][..],
+            &["rmi", "--all", "--force"][..],
+            &["system", "reset", "--force"][..],
+        ] {
+            let _ = self.cmd(args).output();
+        }
+        let mut left: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+            .filter(|m| m.starts_with(self.dir.path()))
+            .collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in left {
+            umount(&m);
+        }
+    }
+}
+
+/// Everything but attributes (podman export writes none) and the
+/// directories podman mounts over.
+fn comparable(root: &Path) -> BTreeMap<Vec<u8>, EntryInfo> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(k, _)| {
+            !k.starts_with(b"proc/") && !k.starts_with(b"sys/") && !k.starts_with(b"dev/")
+        })
+        .map(|(k, mut e)| {
+            e.xattrs.clear();
+            (k, e)
+        })
+        .collect()
+}
+
+/// A container changed with podman (plyfs mounts its root): `plyfs diff`
+/// of its upper holds every change `podman diff` reports, and the layer
+/// applied under kernel overlay shows what `podman export` exports.
+#[test]
+fn podman_container_diff_matches() {
+    if !require_root("podman_container_diff_matches")
+        || !require_fuse("podman_container_diff_matches")
+    {
+        return;
+    }
+    for tool in ["podman", "runc", "busybox", "tar"] {
+        if !have(tool) {
+            eprintln!("SKIPPED podman_container_diff_matches: {tool} is not installed");
+            return;
+        }
+    }
+    let p = Podman {
+        dir: tempfile::Builder::new()
+            .prefix("plyfs-layer-podman-")
+            .tempdir_in(test_root())
+            .unwrap(),
+    };
+    let d = p.dir.path().to_path_buf();
+    let rootfs = d.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|b| Path::new(b).exists())
+        .unwrap();
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for a in [
+        "sh", "echo", "rm", "mv", "chmod", "ln", "mkdir", "cat", "chown", "sleep",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    write(&rootfs.join("etc/gone"), b"gone\n");
+    write(&rootfs.join("etc/mode"), b"mode\n");
+    write(&rootfs.join("srv/data/a"), b"a\n");
+    write(&rootfs.join("srv/data/sub/b"), b"b\n");
+    write(&rootfs.join("srv/links/h1"), b"h\n");
+    std::fs::hard_link(rootfs.join("srv/links/h1"), rootfs.join("srv/links/h2")).unwrap();
+    for sub in ["tmp", "root"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    sh(&format!(
+        "tar -C {} -cf {}/rootfs.tar .",
+        rootfs.display(),
+        d.display()
+    ));
+    p.ok(&[
+        "import",
+        &format!("{}/rootfs.tar", d.display()),
+        "layerbase",
+    ]);
+    // Limits runc can set without CAP_SYS_RESOURCE: never above ours.
+    let hard = |r| {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a valid struct.
+        unsafe { libc::getrlimit(r, &mut l) };
+        l.rlim_max
+    };
+    let nofile = hard(libc::RLIMIT_NOFILE).min(20000);
+    let nproc = hard(libc::RLIMIT_NPROC).min(4096);
+    let changes = "set -e; echo new > /newfile; chown 1000:1000 /newfile; rm /etc/gone; \
+                   chmod 600 /etc/mode; mv /srv/data /srv/moved; echo more >> /srv/moved/a; \
+                   rm /srv/moved/sub/b; echo h2 >> /srv/links/h2; ln -s /newfile /link; \
+                   mkdir -p /d1/d2; echo x > /d1/d2/f";
+    p.ok(&[
+        "run",
+        "--name",
+        "c1",
+        "--network",
+        "none",
+        "--ulimit",
+        &format!("nofile={nofile}:{nofile}"),
+        "--ulimit",
+        &format!("nproc={nproc}:{nproc}"),
+        "layerbase",
+        "sh",
+        "-c",
+        changes,
+    ]);
+    let upper = p
+        .ok(&[
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.UpperDir}}",
+            "c1",
+        ])
+        .trim()
+        .to_string();
+    let lowers = p
+        .ok(&[
+            "inspect",
+            "--format",
+            "{{.GraphDriver.Data.LowerDir}}",
+            "c1",
+        ])
+        .trim()
+        .to_string();
+    let layer = d.join("c1.tar");
+    let lower_paths: Vec<PathBuf> = lowers.split(':').map(PathBuf::from).collect();
+    let lower_refs: Vec<&Path> = lower_paths.iter().map(PathBuf::as_path).collect();
+    let summary = diff_layer(Path::new(&upper), &lower_refs, &layer);
+    let listing = Command::new("tar").arg("-tf").arg(&layer).output().unwrap();
+    let entries: std::collections::BTreeSet<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect();
+    // Every change podman reports is in the layer.
+    let pdiff = p.ok(&["diff", "c1"]);
+    for line in pdiff.lines() {
+        let Some((kind, path)) = line.split_once(' ') else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        let found = match kind {
+            "D" => {
+                let (dir, name) = path.rsplit_once('/').map_or(("", path), |(a, b)| (a, b));
+                let wh = if dir.is_empty() {
+                    format!(".wh.{name}")
+                } else {
+                    format!("{dir}/.wh.{name}")
+                };
+                entries.contains(&wh)
+            }
+            _ => entries.contains(path),
+        };
+        assert!(
+            found,
+            "podman diff reports {line:?}, missing from the layer:\n{entries:?}\n{summary}"
+        );
+    }
+    assert!(
+        pdiff.contains("D /etc/gone") && pdiff.contains("A /srv/moved"),
+        "{pdiff}"
+    );
+    // The layer over the image's lowers, under kernel overlay, is what
+    // podman exports.
+    let export = d.join("export");
+    std::fs::create_dir(&export).unwrap();
+    p.ok(&["export", "-o", &format!("{}/export.tar", d.display()), "c1"]);
+    sh(&format!(
+        "tar --numeric-owner -xpf {}/export.tar -C {}",
+        d.display(),
+        export.display()
+    ));
+    let applied = d.join("applied");
+    ok(&apply_layer(&layer, &applied, &[]), "plyfs apply");
+    let km = d.join("kmnt");
+    std::fs::create_dir(&km).unwrap();
+    let _k = KernelMount::mount(&km, &format!("lowerdir={}:{lowers}", applied.display()))
+        .expect("kernel overlay");
+    let want = comparable(&export);
+    let got = comparable(&km);
+    let dd = diff(&want, &got, "podman export", "plyfs diff + apply");
+    assert!(dd.is_empty(), "{dd}");
+}
