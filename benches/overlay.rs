@@ -2177,7 +2177,9 @@ fn real_main(
         let _ = write!(out, " {s:>col$}");
     }
     out.push('\n');
-    println!("{out}");
+    if !selected.is_empty() {
+        println!("{out}");
+    }
     if let Some(d) = &diff_figures {
         print_diff_figures(d);
     }

@@ -521,12 +521,19 @@ fn round_trip(seed: u64) -> String {
             random_op(&mut rng, &m.mnt);
         }
         let t = tree(&m.mnt);
+        // The upper of a live (quiescent) mount diffs the same as after
+        // the unmount.
+        diff_layer(&l.upper, &[l.lower(0)], &l.dir.path().join("live.tar"));
         drop(m);
         t
     };
     let d = l.dir.path();
     let layer = d.join("layer.tar");
     let summary = diff_layer(&l.upper, &[l.lower(0)], &layer);
+    assert!(
+        std::fs::read(&layer).unwrap() == std::fs::read(d.join("live.tar")).unwrap(),
+        "seed {seed}: the diff of the live mount differs from the one after unmount"
+    );
     // Deterministic: the same upper gives the same bytes.
     let again = d.join("again.tar");
     diff_layer(&l.upper, &[l.lower(0)], &again);
@@ -1229,4 +1236,90 @@ fn podman_container_diff_matches() {
     let got = comparable(&km);
     let dd = diff(&want, &got, "podman export", "plyfs diff + apply");
     assert!(dd.is_empty(), "{dd}");
+}
+
+/// Help texts and one-line errors; the mount syntax is untouched.
+#[test]
+fn command_line() {
+    let help = plyfs(&[os("--help")]);
+    ok(&help, "plyfs --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("diff") && text.contains("apply") && text.contains("lowerdir="),
+        "{text}"
+    );
+    for sub in ["diff", "apply"] {
+        let h = plyfs(&[os(sub), os("--help")]);
+        ok(&h, sub);
+        let t = String::from_utf8_lossy(&h.stdout);
+        assert!(t.contains(&format!("plyfs {sub}")), "{t}");
+    }
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-cli-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let d = t.path();
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // Errors: exit 1, one line naming the problem.
+    let o = plyfs(&[
+        os("diff"),
+        d.join("missing").as_os_str(),
+        os("-o"),
+        d.join("x.tar").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err(&o).contains("cannot open upper") && err(&o).lines().count() == 1,
+        "{}",
+        err(&o)
+    );
+    let o = plyfs(&[os("apply")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("<LAYER> <DIR>"), "{}", err(&o));
+    std::fs::write(d.join("l.tar.gz"), [0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+    let o = apply_layer(&d.join("l.tar.gz"), &d.join("out"), &[]);
+    assert!(
+        o.status.code() == Some(1) && err(&o).contains("gzip"),
+        "{}",
+        err(&o)
+    );
+    std::fs::write(d.join("junk"), vec![b'j'; 2048]).unwrap();
+    let o = apply_layer(&d.join("junk"), &d.join("out"), &[]);
+    assert!(
+        o.status.code() == Some(1) && err(&o).contains("not a tar"),
+        "{}",
+        err(&o)
+    );
+    // A failed diff leaves no partial layer behind; output inside the
+    // upper is refused.
+    let upper = d.join("upper");
+    write(&upper.join("f"), b"f");
+    set_xattr(&upper.join("f"), "user.overlay.metacopy", b"").unwrap();
+    let out = d.join("partial.tar");
+    let o = plyfs(&[os("diff"), upper.as_os_str(), os("-o"), out.as_os_str()]);
+    assert!(
+        o.status.code() == Some(1) && err(&o).contains("--lower"),
+        "{}",
+        err(&o)
+    );
+    assert!(!out.exists(), "a failed diff left {}", out.display());
+    let o = plyfs(&[
+        os("diff"),
+        upper.as_os_str(),
+        os("-o"),
+        upper.join("in.tar").as_os_str(),
+    ]);
+    assert!(
+        o.status.code() == Some(1) && err(&o).contains("inside the upper"),
+        "{}",
+        err(&o)
+    );
+    // mount(8)'s form with a source named like a subcommand is a mount.
+    let o = plyfs(&[
+        os("diff"),
+        d.join("nomnt").as_os_str(),
+        os("-o"),
+        os("lowerdir=/nonexistent"),
+    ]);
+    assert!(err(&o).contains("lowerdir"), "{}", err(&o));
 }

@@ -90,14 +90,29 @@ pub fn run(a: Args) -> Result<i32, String> {
             }
             let f = std::fs::File::create(path)
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-            let s = diff(&o, &mut w)?;
-            let f = w
-                .into_inner()
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-            f.sync_all()
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-            s
+            let regular = f.metadata().is_ok_and(|m| m.is_file());
+            let written = (|| {
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                let s = diff(&o, &mut w)?;
+                let f = w
+                    .into_inner()
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                if regular {
+                    f.sync_all()
+                        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                }
+                Ok::<_, String>(s)
+            })();
+            match written {
+                Ok(s) => s,
+                Err(e) => {
+                    // No half-written layer is left behind.
+                    if regular {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            }
         }
         None => {
             let out = std::io::stdout();

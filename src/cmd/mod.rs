@@ -86,13 +86,17 @@ pub fn main(args: Vec<OsString>) -> i32 {
             e.exit()
         }
         Err(e) => {
+            // One line, like the mount command's errors.
             let text = e.to_string();
-            let first = text
+            let msg: Vec<&str> = text
                 .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ");
-            eprintln!("plyfs: {first} (see plyfs COMMAND --help)");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "plyfs: {} (see plyfs COMMAND --help)",
+                msg.join(" ").trim_start_matches("error: ")
+            );
             return 1;
         }
     };

@@ -227,7 +227,7 @@ pub fn diff<W: Write>(o: &DiffOptions, out: W) -> Result<DiffStats, String> {
         format!(
             "cannot open upper {}: {}",
             o.upper.display(),
-            err_at(b"", e)
+            std::io::Error::from_raw_os_error(e.code())
         )
     })?;
     let upper_root = sys::fs::dup(root.as_fd()).map_err(|e| err_at(b"", e))?;

@@ -578,7 +578,13 @@ impl<R: Read> Reader<R> {
                 self.done = true;
                 return Ok(None);
             }
-            let stored = parse_octal(&b[148..156]).ok_or_else(|| invalid("bad header checksum"))?;
+            let bad_sum = || {
+                invalid(format!(
+                    "header checksum mismatch after entry {} (not a tar archive, or corrupt)",
+                    self.count
+                ))
+            };
+            let stored = parse_octal(&b[148..156]).ok_or_else(bad_sum)?;
             let unsigned = checksum(&b);
             let signed: i64 = b
                 .iter()
@@ -592,10 +598,7 @@ impl<R: Read> Reader<R> {
                 })
                 .sum();
             if stored != unsigned && stored as i64 != signed {
-                return Err(invalid(format!(
-                    "header checksum mismatch after entry {} (not a tar archive, or corrupt)",
-                    self.count
-                )));
+                return Err(bad_sum());
             }
             let flag = b[156];
             let size = parse_octal(&b[124..136]).ok_or_else(|| invalid("bad size field"))?;
