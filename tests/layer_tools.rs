@@ -1323,3 +1323,49 @@ fn command_line() {
     ]);
     assert!(err(&o).contains("lowerdir"), "{}", err(&o));
 }
+
+/// An upper written by fuse-overlayfs' fallbacks (`.wh.NAME` files, a
+/// `.wh..wh..opq` file next to the opaque xattr) and an upper with hard
+/// links: markers appear once, links as links, sockets are skipped.
+#[test]
+fn oci_markers_in_upper_and_links() {
+    if !require_root("oci_markers_in_upper_and_links") {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-ocimarks-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let upper = t.path().join("upper");
+    write(&upper.join(".wh.gone"), b"");
+    write(&upper.join("opq/.wh..wh..opq"), b"");
+    set_xattr(&upper.join("opq"), "trusted.overlay.opaque", b"y").unwrap();
+    write(&upper.join("opq/new"), b"new");
+    write(&upper.join("a/one"), b"linked");
+    std::fs::create_dir_all(upper.join("b")).unwrap();
+    std::fs::hard_link(upper.join("a/one"), upper.join("b/two")).unwrap();
+    std::os::unix::net::UnixListener::bind(upper.join("sock")).unwrap();
+    let layer = t.path().join("l.tar");
+    let s = diff_layer(&upper, &[], &layer);
+    assert!(s.contains("1 sockets skipped"), "{s}");
+    let list = Command::new("tar")
+        .arg("-tvf")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let names: Vec<&str> = list
+        .lines()
+        .map(|l| l.rsplit_once(' ').map_or(l, |x| x.1))
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".wh..wh..opq")).count(),
+        1,
+        "{list}"
+    );
+    assert!(
+        list.contains(".wh.gone") && list.contains("b/two link to a/one"),
+        "{list}"
+    );
+    assert!(!list.contains("sock"), "{list}");
+}
