@@ -1369,3 +1369,97 @@ fn oci_markers_in_upper_and_links() {
     );
     assert!(!list.contains("sock"), "{list}");
 }
+
+/// Archives written by GNU tar (GNU long names, POSIX with xattrs, old
+/// v7-style) extract to the same tree with `plyfs apply --oci`.
+#[test]
+fn reads_gnu_tar_archives() {
+    if !require_root("reads_gnu_tar_archives") {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("plyfs-gnutar-")
+        .tempdir_in(test_root())
+        .unwrap();
+    let src = t.path().join("src");
+    let long = "l".repeat(120);
+    let deep = format!("{}/{}/{}", "d".repeat(90), "e".repeat(90), "f".repeat(90));
+    write(&src.join(&long), b"long name\n");
+    write(&src.join(&deep).join("file"), &vec![9u8; 70_000]);
+    write(&src.join("x/attrs"), b"xattrs\n");
+    set_xattr(&src.join("x/attrs"), "user.k", b"v").unwrap();
+    set_xattr(&src.join("x/attrs"), "trusted.t", b"tv").unwrap();
+    std::os::unix::fs::symlink("l".repeat(150), src.join("x/longlink")).unwrap();
+    std::fs::hard_link(src.join("x/attrs"), src.join("hl")).unwrap();
+    mknod(&src.join("x/fifo"), libc::S_IFIFO | 0o640, 0);
+    mknod(
+        &src.join("x/null"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    );
+    lchown(&src.join(&long), 1234, 5678);
+    set_mtime(&src.join(&long), 1_234_567_890, 0);
+    let want = tree(&src);
+    for (fmt, xattrs) in [("gnu", false), ("posix", true), ("ustar", false)] {
+        let tar = t.path().join(format!("{fmt}.tar"));
+        let out = Command::new("tar")
+            .arg(format!("--format={fmt}"))
+            .args(if xattrs {
+                &["--xattrs", "--xattrs-include=*"][..]
+            } else {
+                &[][..]
+            })
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .output()
+            .unwrap();
+        if fmt == "ustar" {
+            // ustar cannot hold the long names: GNU tar skips them.
+            assert!(tar.exists());
+        } else {
+            ok_status(&out, &format!("tar --format={fmt}"));
+        }
+        let dir = t.path().join(format!("out-{fmt}"));
+        let o = apply_layer(&tar, &dir, &["--oci"]);
+        let mut got = tree(&dir);
+        let mut want = Tree {
+            entries: want.entries.clone(),
+            mtimes: want.mtimes.clone(),
+            links: want.links.clone(),
+        };
+        if !xattrs {
+            // Only POSIX archives hold sub-second times and attributes.
+            for t in want.mtimes.values_mut() {
+                t.1 = 0;
+            }
+            for e in want.entries.values_mut() {
+                e.xattrs.clear();
+            }
+            for e in got.entries.values_mut() {
+                e.xattrs.clear();
+            }
+        }
+        if fmt == "ustar" {
+            want.entries
+                .retain(|k, _| k.len() <= 100 && !k.starts_with(b"ddd"));
+            want.mtimes.retain(|k, _| want.entries.contains_key(k));
+            want.entries.remove(&b"x/longlink"[..]);
+            got.entries.retain(|k, _| want.entries.contains_key(k));
+            got.mtimes.retain(|k, _| want.entries.contains_key(k));
+        } else {
+            ok(&o, &format!("apply of a {fmt} archive"));
+        }
+        assert_same(&want, &got, &format!("GNU tar --format={fmt}"));
+    }
+}
+
+fn ok_status(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
