@@ -476,6 +476,20 @@ fn verify_layer(layer: &Path, lower: &Path, want: &Tree, what: &str) {
             &format!("{what}: plyfs apply under kernel overlay"),
         );
     }
+    // ... and as a lowerdir of plyfs.
+    {
+        let m = PlyfsMount::start(
+            &km,
+            &format!("lowerdir={}:{lowerdir}", applied.display()),
+            &[],
+        )
+        .expect("plyfs over the applied layer");
+        assert_same(
+            want,
+            &tree(&m.mnt),
+            &format!("{what}: plyfs apply under plyfs"),
+        );
+    }
 
     // 2. An independent applier: GNU tar, whiteouts handled by the test.
     let staging = d.join("staging");
