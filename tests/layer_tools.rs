@@ -1382,6 +1382,45 @@ fn oci_markers_in_upper_and_links() {
         "{list}"
     );
     assert!(!list.contains("sock"), "{list}");
+
+    // xattr_permissions: owner, mode and device type kept in an attribute.
+    let up2 = t.path().join("upper2");
+    write(&up2.join("f"), b"f");
+    set_xattr(
+        &up2.join("f"),
+        "user.containers.override_stat",
+        b"1000:1001:0640",
+    )
+    .unwrap();
+    write(&up2.join("dev"), b"");
+    set_xattr(
+        &up2.join("dev"),
+        "user.containers.override_stat",
+        b"0:0:0666:char-1-3",
+    )
+    .unwrap();
+    let l2 = t.path().join("l2.tar");
+    let o = plyfs(&[
+        os("diff"),
+        os("--xattr-permissions"),
+        os("2"),
+        up2.as_os_str(),
+        os("-o"),
+        l2.as_os_str(),
+    ]);
+    ok(&o, "diff --xattr-permissions 2");
+    let list = Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-tvf"])
+        .arg(&l2)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let flat = list.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("-rw-r----- 1000/1001") && flat.contains("crw-rw-rw- 0/0 1,3"),
+        "{list}"
+    );
+    assert!(!list.contains("override_stat"), "{list}");
 }
 
 /// Archives written by GNU tar (GNU long names, POSIX with xattrs, old

@@ -95,6 +95,7 @@ pub fn run(a: Args) -> Result<i32, String> {
     o.ids = Ids {
         uids: super::id_map("--uidmap", a.uidmap.as_deref())?,
         gids: super::id_map("--gidmap", a.gidmap.as_deref())?,
+        override_attr: None,
     };
     let inp: Box<dyn Read> = if a.layer.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())

@@ -50,6 +50,11 @@ pub struct Args {
     #[arg(long, value_name = "C:H:S[:C:H:S...]")]
     gidmap: Option<String>,
 
+    /// Owners and modes kept in user.fuseoverlayfs.override_stat (1) or
+    /// user.containers.override_stat (2), as the mount option xattr_permissions=
+    #[arg(long, value_name = "0|1|2", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    xattr_permissions: u8,
+
     /// Print a summary on standard error
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -66,6 +71,7 @@ pub fn run(a: Args) -> Result<i32, String> {
         ids: Ids {
             uids: super::id_map("--uidmap", a.uidmap.as_deref())?,
             gids: super::id_map("--gidmap", a.gidmap.as_deref())?,
+            override_attr: Ids::override_for(a.xattr_permissions),
         },
     };
     let stats = match &a.output {

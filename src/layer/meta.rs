@@ -11,16 +11,31 @@ use std::os::fd::BorrowedFd;
 
 use crate::idmap::IdMap;
 use crate::layer::tar::{Header, Kind};
+use crate::override_stat;
 use crate::ovl_xattr::{self, Visible};
 use crate::sys::{self, Errno, fs::Stat};
 
-/// Id translation between the ids stored in layer directories and the ids
-/// in an archive (`--uidmap`/`--gidmap`, `uidmapping=` semantics: stored
-/// `C+i` is `H+i` in the archive).
+/// How owners stored in layer directories become owners in an archive:
+/// id maps (`--uidmap`/`--gidmap`, `uidmapping=` semantics: stored `C+i`
+/// is `H+i` in the archive), and the attribute that holds the real owner
+/// and mode on setups that cannot chown (`xattr_permissions=1|2`).
 #[derive(Clone, Debug, Default)]
 pub struct Ids {
     pub uids: IdMap,
     pub gids: IdMap,
+    /// `user.fuseoverlayfs.override_stat` or `user.containers.override_stat`.
+    pub override_attr: Option<&'static str>,
+}
+
+impl Ids {
+    /// The override attribute for `xattr_permissions=` level `n`.
+    pub fn override_for(n: u8) -> Option<&'static str> {
+        match n {
+            1 => Some(override_stat::FUSE_OVERLAYFS),
+            2 => Some(override_stat::CONTAINERS),
+            _ => None,
+        }
+    }
 }
 
 /// Attribute (name, value) pairs.
@@ -78,7 +93,29 @@ pub fn header_for(
     path: Vec<u8>,
     ids: &Ids,
 ) -> Result<Option<Header>, Errno> {
-    let Some(kind) = kind_of(st) else {
+    let mut xattrs = visible_xattrs(dir, name)?;
+    let mut st = *st;
+    if let Some(attr) = ids.override_attr
+        && let Some(i) = xattrs.iter().position(|(n, _)| n == attr.as_bytes())
+    {
+        // The owner and mode the mount shows; the attribute itself is the
+        // mount's bookkeeping, not the user's.
+        let (_, v) = xattrs.remove(i);
+        if let Some(o) = override_stat::parse(&v) {
+            st.uid = o.uid;
+            st.gid = o.gid;
+            st.mode = (st.mode & libc::S_IFMT) | o.mode;
+            // Devices and FIFOs kept as empty files where mknod was refused.
+            if let Some((ft, dev)) = o.kind
+                && st.is_reg()
+                && matches!(ft, libc::S_IFCHR | libc::S_IFBLK | libc::S_IFIFO)
+            {
+                st.mode = ft | o.mode;
+                st.rdev = dev;
+            }
+        }
+    }
+    let Some(kind) = kind_of(&st) else {
         return Ok(None);
     };
     let mut h = Header::new(path, kind);
@@ -86,7 +123,7 @@ pub fn header_for(
     h.uid = ids.uids.to_view(st.uid);
     h.gid = ids.gids.to_view(st.gid);
     h.mtime = st.mtime;
-    h.xattrs = visible_xattrs(dir, name)?;
+    h.xattrs = xattrs;
     match kind {
         Kind::File => h.size = st.size,
         Kind::Symlink => h.link = sys::fs::readlinkat(dir, name)?,
