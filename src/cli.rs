@@ -91,6 +91,28 @@ impl Cli {
         for opt in &self.options {
             o.apply_str(opt.as_bytes())?;
         }
+        // Which of two spellings would win is not obvious: refuse both.
+        for (flag, given, opt, set) in [
+            (
+                "--lower",
+                !self.lower.is_empty(),
+                "lowerdir=",
+                !o.lowers.is_empty(),
+            ),
+            (
+                "--upper",
+                self.upper.is_some(),
+                "upperdir=",
+                o.upper.is_some(),
+            ),
+            ("--work", self.work.is_some(), "workdir=", o.work.is_some()),
+        ] {
+            if given && set {
+                return Err(format!(
+                    "{flag} and -o {opt} both given: use one or the other"
+                ));
+            }
+        }
         if !self.lower.is_empty() {
             let mut lowers = Vec::new();
             for l in &self.lower {

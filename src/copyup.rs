@@ -12,7 +12,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::fs::{Plyfs, Result};
 use crate::lower::LowerObj;
@@ -21,6 +20,7 @@ use crate::node::Node;
 use crate::origin;
 use crate::ovl_xattr;
 use crate::sys::{self, Errno, fs::Stat, fs::TimeSpec};
+use crate::table::Held;
 
 /// Size of each chunk for the read/write fallback.
 const CHUNK: usize = 1 << 20;
@@ -34,20 +34,42 @@ impl Plyfs {
 
     /// Copies a directory and everything visible in it up, then makes it
     /// opaque: afterwards it no longer depends on the lower layers and can
-    /// move without a redirect.
+    /// move without a redirect. Depth-first with an explicit stack (any
+    /// depth); each directory is sealed after its children are copied.
     pub fn copy_up_tree(&self, node: &Arc<Node>) -> Result<()> {
-        self.copy_up(node)?;
-        if !node.is_dir() {
-            return Ok(());
+        enum Step<'a> {
+            Enter(Held<'a>),
+            Seal(Held<'a>),
         }
-        let listing = self.build_listing(node)?;
-        for e in &listing.entries {
-            let name = Name::new(&e.name)?;
-            let child = self.node_at(node, &name)?;
-            self.copy_up_tree(&child)?;
+        let top = self.table.hold(node.ino).ok_or(Errno::ENOENT)?;
+        let mut stack = vec![Step::Enter(top)];
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Enter(n) => {
+                    self.copy_up(&n)?;
+                    if !n.is_dir() {
+                        continue;
+                    }
+                    let listing = self.build_listing(&n)?;
+                    let mut children = Vec::with_capacity(listing.entries.len());
+                    for e in &listing.entries {
+                        let name = Name::new(&e.name)?;
+                        children.push(Step::Enter(self.node_at(&n, &name)?));
+                    }
+                    stack.push(Step::Seal(n));
+                    stack.extend(children);
+                }
+                Step::Seal(n) => self.seal_copied_dir(&n)?,
+            }
         }
+        Ok(())
+    }
+
+    /// Makes a directory whose whole tree was copied up opaque.
+    fn seal_copied_dir(&self, node: &Arc<Node>) -> Result<()> {
         let (pfd, name) = self.upper_loc(node)?;
         self.set_opaque(pfd.as_fd(), &name)?;
+        self.kernel.attrs_changed(node.ino);
         let mut s = node.state.write();
         s.opaque = true;
         s.lowers = Arc::from(Vec::new());
@@ -58,14 +80,39 @@ impl Plyfs {
     }
 
     /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
-    /// (the caller truncates the file to zero right after).
+    /// (the caller truncates the file to zero right after). Ancestors
+    /// without an upper copy are copied first, top-down, in a loop.
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
         if node.has_upper() {
             return Ok(());
         }
         self.upper_layer()?;
+        let mut missing: Vec<Arc<Node>> = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let (parent, _) = self.parent_of(&cur)?;
+            if parent.has_upper() {
+                break;
+            }
+            if missing.len() > self.table.len() {
+                log::warn!("the names of {node:?} form a loop");
+                return Err(Errno::ELOOP);
+            }
+            missing.push(parent.clone());
+            cur = parent;
+        }
+        while let Some(dir) = missing.pop() {
+            self.copy_up_one(&dir, true)?;
+        }
+        self.copy_up_one(node, data)
+    }
+
+    /// Copies one node up; its parent already has an upper copy.
+    fn copy_up_one(&self, node: &Arc<Node>, data: bool) -> Result<()> {
+        if node.has_upper() {
+            return Ok(());
+        }
         let (parent, name) = self.parent_of(node)?;
-        self.copy_up(&parent)?;
         let lower = node.top_lower()?;
         let lst = lower.stat()?;
         // Other names of a multiply-linked lower file get linked to the copy.
@@ -128,6 +175,10 @@ impl Plyfs {
         let ident = (new.dev, new.ino);
         node.state.write().upper = Some(ident);
         self.inos.alias(ident, node.ino);
+        // New ctime of the copy and of its parent (renamed into, times
+        // restored): the kernel's cached ones are stale.
+        self.kernel.attrs_changed(node.ino);
+        self.kernel.attrs_changed(parent.ino);
         log::debug!("copied up {node:?} as {name:?}");
         Ok(())
     }
@@ -189,7 +240,10 @@ impl Plyfs {
                 false => sys::xattr::fremove(d.as_fd(), &attr),
             });
         match res {
-            Ok(()) => dir.state.write().impure = impure,
+            Ok(()) => {
+                dir.state.write().impure = impure;
+                self.kernel.attrs_changed(dir.ino);
+            }
             Err(e) if !impure && e.code() == libc::ENODATA => dir.state.write().impure = false,
             Err(e) => log::debug!("cannot set impure={impure} on {dir:?}: {e:?}"),
         }
@@ -219,7 +273,8 @@ impl Plyfs {
                     let input = open_lower_for_read(lpfd, lname)?;
                     // Fully allocated files have no holes to look for.
                     let sparse = st.blocks * 512 < st.size;
-                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse)?;
+                    let devs = (st.dev, self.upper_layer()?.dev);
+                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse, devs)?;
                 }
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
                 sys::fs::fchmod(out.as_fd(), perm)?;
@@ -354,27 +409,26 @@ pub fn copy_xattrs(
 /// Copies `size` bytes of file data: shares extents when the filesystem
 /// can (FICLONE), else copies with `copy_file_range` or plain reads and
 /// writes; for `sparse` files only the data segments, so holes stay holes.
+/// `devs` are the (source, destination) devices: a pair that cannot share
+/// extents is not asked again (other layers may well be able to).
 pub fn copy_data(
     input: BorrowedFd<'_>,
     out: BorrowedFd<'_>,
     size: u64,
     sparse: bool,
+    devs: (u64, u64),
 ) -> Result<()> {
-    // 0: not tried yet, 1: works, 2: the filesystem cannot share extents.
-    static FICLONE: AtomicU8 = AtomicU8::new(0);
-    if FICLONE.load(Ordering::Relaxed) != 2 {
+    static NO_CLONE: parking_lot::Mutex<Vec<(u64, u64)>> = parking_lot::Mutex::new(Vec::new());
+    if !NO_CLONE.lock().contains(&devs) {
         match sys::io::ficlone(out, input) {
-            Ok(()) => {
-                FICLONE.store(1, Ordering::Relaxed);
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(e)
                 if matches!(
                     e.code(),
                     libc::EOPNOTSUPP | libc::EINVAL | libc::ENOTTY | libc::EXDEV
                 ) =>
             {
-                FICLONE.store(2, Ordering::Relaxed);
+                NO_CLONE.lock().push(devs);
             }
             Err(_) => {}
         }

@@ -7,10 +7,8 @@
 //! (0 or 1). mount(8) and containers-storage rely on that: when plyfs
 //! returns, the mount is there.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use fuser::{MountOption, SessionACL};
@@ -177,9 +175,19 @@ fn mount_config(o: &MountOptions, source: &Option<String>, read_only: bool) -> f
     cfg
 }
 
-/// Explains a failed mount in the user's terms.
+/// Explains a failed mount in the user's terms, on one line.
 fn mount_error(e: &std::io::Error) -> String {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
+    let text = e.to_string();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.contains("user_allow_other") {
+        return crate::setup::ALLOW_OTHER_REFUSED.into();
+    }
+    let fuse_denied = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+    if fuse_denied {
         let mode = std::fs::metadata("/dev/fuse")
             .map(|m| {
                 format!(
@@ -190,13 +198,48 @@ fn mount_error(e: &std::io::Error) -> String {
             .unwrap_or_else(|_| "unknown".into());
         return format!(
             "cannot mount: permission denied opening /dev/fuse (mode {mode}); \
-             unprivileged mounts need /dev/fuse to be mode 0666 and fusermount3 installed ({e})"
+             unprivileged mounts need /dev/fuse to be mode 0666 and fusermount3 installed ({text})"
         );
     }
     if e.kind() == std::io::ErrorKind::NotFound {
-        return format!("cannot mount: {e} (is /dev/fuse present and fusermount3 installed?)");
+        return format!("cannot mount: {text} (is /dev/fuse present and fusermount3 installed?)");
     }
-    format!("cannot mount: {e}")
+    format!("cannot mount: {text}")
+}
+
+/// Mounts `fs`; on failure undoes what preparing it wrote, so a failed
+/// mount leaves the directories as they were. A volatile mount marks its
+/// work directory once it is live, as the kernel does.
+fn mount(
+    fs: &Arc<crate::fs::Plyfs>,
+    mountpoint: &std::path::Path,
+    config: &fuser::Config,
+) -> Result<fuser::Session<FuseFs>, String> {
+    match fuser::Session::new(FuseFs { fs: fs.clone() }, mountpoint, config) {
+        Ok(s) => {
+            let notifier = s.notifier();
+            fs.kernel.connect(Box::new(move |ino| {
+                // ENOENT: the kernel no longer knows the node; fine.
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
+                    && e.raw_os_error() != Some(libc::ENOENT)
+                {
+                    log::debug!("cannot invalidate the attributes of {ino}: {e}");
+                }
+            }));
+            if let Some(u) = fs.upper.as_ref().filter(|_| fs.cfg.volatile)
+                && let Err(e) = crate::workdir::mark_volatile(&u.work)
+            {
+                log::warn!("cannot mark the work directory volatile: {e:?}");
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            if let Some(u) = &fs.upper {
+                u.work.undo_prepare();
+            }
+            Err(mount_error(&e))
+        }
+    }
 }
 
 fn serve(
@@ -216,11 +259,9 @@ fn serve(
         }
     };
     let config = mount_config(&req.options, &req.source, fs.read_only());
-    let mut session = match fuser::Session::new(FuseFs { fs: fs.clone() }, &req.mountpoint, &config)
-    {
+    let mut session = match mount(&fs, &req.mountpoint, &config) {
         Ok(s) => s,
-        Err(e) => {
-            let msg = mount_error(&e);
+        Err(msg) => {
             report(&mut pipe, msg.as_bytes());
             return Err(msg);
         }
@@ -243,7 +284,6 @@ fn serve(
         log::warn!("cannot block signals: {e:?}");
     }
     let mut unmounter = session.unmount_callable();
-    let mountpoint = req.mountpoint.clone();
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
         .spawn(move || {
@@ -253,8 +293,11 @@ fn serve(
                     continue;
                 }
                 log::info!("signal {sig}: unmounting");
-                if unmounter.unmount().is_err() {
-                    lazy_unmount(&mountpoint);
+                // fuser detaches only this mount (lazily when busy), never
+                // another one stacked on or under it at the same path.
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("cannot unmount: {e}; stopping without unmounting");
+                    std::process::exit(1);
                 }
                 break;
             }
@@ -275,15 +318,8 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
-    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config)
-        .map_err(|e| mount_error(&e))?;
+    let session = mount(&fs, &req.mountpoint, &config)?;
     session
         .spawn()
         .map_err(|e| format!("cannot start the session: {e}"))
-}
-
-fn lazy_unmount(mountpoint: &Path) {
-    if let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) {
-        let _ = sys::process::umount_detach(&c);
-    }
 }

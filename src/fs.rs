@@ -52,6 +52,8 @@ pub struct Config {
     /// `passthrough=`/`writeback=` from the command line (None: automatic).
     pub passthrough: Option<crate::options::Passthrough>,
     pub writeback: Option<bool>,
+    /// `xino=`: tag inode numbers with their filesystem (see `ino`).
+    pub xino: crate::options::Xino,
 }
 
 impl Config {
@@ -66,6 +68,8 @@ pub struct UpperLayer {
     pub root: Arc<OwnedFd>,
     pub dev: u64,
     pub work: WorkDir,
+    /// In-use locks on the upper and work directories (see `setup`).
+    pub in_use: Vec<OwnedFd>,
 }
 
 /// One read-only layer.
@@ -89,6 +93,8 @@ pub struct Plyfs {
     pub io: crate::tuning::IoModes,
     /// Whether readdirplus entries carry attributes (see `rdplus`).
     pub plus: crate::rdplus::PlusPolicy,
+    /// Invalidates attributes the kernel caches (see `inval`).
+    pub kernel: crate::inval::KernelCache,
 }
 
 impl Plyfs {
@@ -104,16 +110,18 @@ impl Plyfs {
             devs.push(u.dev);
         }
         devs.extend(lowers.iter().map(|l| l.root.dev));
+        let tag = cfg.xino != crate::options::Xino::Off;
         let fs = Plyfs {
             cfg,
             upper,
             lowers,
             table: Table::new(),
-            inos: InoMap::new(&devs, ino32),
+            inos: InoMap::new(&devs, ino32, tag),
             handles: Handles::new(),
             link_maps: dashmap::DashMap::new(),
             io: Default::default(),
             plus: Default::default(),
+            kernel: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -174,15 +182,50 @@ impl Plyfs {
 
     /// `O_PATH` descriptor of a node's upper directory (which must exist),
     /// reopened from its parent by name when it is not cached.
+    ///
+    /// Iterative: evicted ancestors are reopened top-down from the nearest
+    /// one still cached, so any directory depth works on a thread's stack.
     pub fn upper_dir_fd(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
         if let Some(fd) = node.upper_fd.get() {
             return Ok(fd);
         }
         if node.ino == ino::ROOT {
-            let u = self.upper_layer()?;
-            return Ok(u.root.clone());
+            return Ok(self.upper_layer()?.root.clone());
         }
-        let (pfd, name) = self.upper_alias(node)?;
+        // Directories have exactly one name: walk up to the nearest cached
+        // ancestor, remembering the names on the way.
+        let mut chain: Vec<(Arc<Node>, Name)> = Vec::new();
+        let mut cur = node.clone();
+        let mut fd = loop {
+            let (parent, name) = self.parent_of(&cur)?;
+            chain.push((cur, name));
+            if let Some(fd) = parent.upper_fd.get() {
+                break fd;
+            }
+            if parent.ino == ino::ROOT {
+                break self.upper_layer()?.root.clone();
+            }
+            if chain.len() > self.table.len() {
+                // Names that loop: a bookkeeping error, never a real tree.
+                log::warn!("the names of {node:?} form a loop");
+                return Err(Errno::ELOOP);
+            }
+            cur = parent;
+        };
+        while let Some((dir, name)) = chain.pop() {
+            fd = self.reopen_upper_dir(&dir, &fd, &name)?;
+        }
+        Ok(fd)
+    }
+
+    /// Opens the upper directory of `node` as `name` in `pfd`, checks it is
+    /// still the node's own, and caches it.
+    fn reopen_upper_dir(
+        &self,
+        node: &Arc<Node>,
+        pfd: &OwnedFd,
+        name: &Name,
+    ) -> Result<Arc<OwnedFd>> {
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         if node.upper_fd.filled_once() {
             let st = sys::fs::fstat(fd.as_fd())?;
@@ -341,24 +384,34 @@ impl Plyfs {
     /// the directory and its ancestors, as the kernel does when it computes
     /// an absolute redirect.
     pub fn lower_path(&self, node: &Arc<Node>) -> Result<Vec<u8>> {
-        if node.ino == ino::ROOT {
-            return Ok(Vec::new());
+        // Components from `node` upwards, until the root or an absolute
+        // redirect gives the start of the path.
+        let mut comps: Vec<Box<[u8]>> = Vec::new();
+        let mut base: Vec<u8> = Vec::new();
+        let mut cur = node.clone();
+        while cur.ino != ino::ROOT {
+            let (redirect, alias) = {
+                let s = cur.state.read();
+                (
+                    s.redirect.clone(),
+                    s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
+                )
+            };
+            if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
+                base = r.to_vec();
+                break;
+            }
+            comps.push(redirect.unwrap_or(alias.name));
+            if comps.len() > self.table.len() {
+                return Err(Errno::ELOOP);
+            }
+            cur = self.node(alias.parent)?;
         }
-        let (redirect, alias) = {
-            let s = node.state.read();
-            (
-                s.redirect.clone(),
-                s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
-            )
-        };
-        if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
-            return Ok(r.to_vec());
+        for c in comps.iter().rev() {
+            base.push(b'/');
+            base.extend_from_slice(c);
         }
-        let parent = self.node(alias.parent)?;
-        let mut p = self.lower_path(&parent)?;
-        p.push(b'/');
-        p.extend_from_slice(redirect.as_deref().unwrap_or(&alias.name));
-        Ok(p)
+        Ok(base)
     }
 
     /// Fresh `lstat` of the object a node currently stands for.

@@ -22,6 +22,7 @@ use crate::ops::create::NewObject;
 use crate::ops::dir::PlusEntry;
 use crate::ops::setattr::SetAttr;
 use crate::sys::fs::TimeSpec;
+use crate::table::Held;
 
 /// The `fuser::Filesystem` implementation over a [`Plyfs`].
 pub struct FuseFs {
@@ -88,9 +89,13 @@ impl FuseFs {
         self.fs.cfg.ttl
     }
 
-    fn entry(&self, reply: ReplyEntry, res: Result<(Arc<crate::node::Node>, FileAttr), Errno>) {
+    /// Replies with a new entry and hands its reference to the kernel.
+    fn entry(&self, reply: ReplyEntry, res: Result<(Held<'_>, FileAttr), Errno>) {
         match res {
-            Ok((node, attr)) => reply.entry(&self.ttl(), &attr, Generation(node.generation)),
+            Ok((node, attr)) => {
+                reply.entry(&self.ttl(), &attr, Generation(node.generation));
+                node.into_kernel();
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -125,7 +130,7 @@ impl Filesystem for FuseFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         crate::stats::count(crate::stats::Op::lookup);
         match names::check(name).and_then(|n| self.fs.do_lookup(parent.0, &n)) {
-            Ok(Some((node, attr))) => reply.entry(&self.ttl(), &attr, Generation(node.generation)),
+            Ok(Some(found)) => self.entry(reply, Ok(found)),
             Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -470,7 +475,10 @@ impl Filesystem for FuseFs {
             }
         });
         match res {
-            Ok(()) => reply.ok(),
+            Ok(refs) => {
+                reply.ok();
+                refs.into_iter().for_each(|r| drop(r.into_kernel()));
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -572,8 +580,9 @@ impl Filesystem for FuseFs {
                     reply.error(Errno::EIO);
                     return;
                 };
-                let (fh, f) = self.fs.register_file(c.node.clone(), fd, true, flags);
+                let (fh, f) = self.fs.register_file((*c.node).clone(), fd, true, flags);
                 crate::tuning::reply_create(&self.fs, reply, &c.attr, c.node.generation, fh, &f);
+                c.node.into_kernel();
             }
             Err(e) => reply.error(e),
         }

@@ -49,8 +49,7 @@ impl Plyfs {
         }
         let root = self.lowers.get(layer).ok_or(Errno::EIO)?.root.clone();
         let mut map = LinkMap::new();
-        let mut path = Vec::new();
-        scan(&root, &mut path, &mut map)?;
+        scan(&root, &mut map)?;
         let map = Arc::new(map);
         self.link_maps.insert(layer, map.clone());
         Ok(map)
@@ -71,10 +70,9 @@ impl Plyfs {
         let mut out: Vec<Sibling<'_>> = Vec::new();
         let aliases = node.state.read().aliases.clone();
         for a in aliases {
-            let Some(parent) = self.table.add_ref(a.parent) else {
+            let Some(parent) = self.table.hold(a.parent) else {
                 continue;
             };
-            let parent = Held::new(&self.table, parent);
             self.add_sibling(&mut out, lower, own, vec![parent], &a.name)?;
         }
         let map = self.link_map(lower.layer)?;
@@ -164,8 +162,8 @@ impl Plyfs {
                 let s = dir.state.read();
                 s.lowers.iter().any(|l| (l.dev, l.ino) == want)
             };
-            if merges && let Some(d) = self.table.add_ref(dir.ino) {
-                return Ok(Some(Held::new(&self.table, d)));
+            if merges && let Some(d) = self.table.hold(dir.ino) {
+                return Ok(Some(d));
             }
         }
         Ok(None)
@@ -220,6 +218,8 @@ impl Plyfs {
                     self.mark_impure(&parent, &dfd);
                     parent.touch_version();
                     self.add_alias(node, parent.ino, &s.name);
+                    self.kernel.attrs_changed(parent.ino);
+                    self.kernel.attrs_changed(node.ino);
                 }
                 Err(e) => log::warn!("cannot link {:?} to its copied-up hard link: {e:?}", s.name),
             }
@@ -245,46 +245,63 @@ impl Plyfs {
         sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), pfd.as_fd(), name.as_cstr())?;
         self.mark_impure(parent, &pfd);
         parent.touch_version();
+        self.kernel.attrs_changed(parent.ino);
         Ok(())
     }
 }
 
-/// Walks a lower layer, recording files with more than one link.
-fn scan(dir: &Arc<LowerObj>, path: &mut Vec<Box<[u8]>>, map: &mut LinkMap) -> Result<()> {
-    let fd = dir.dir_fd()?;
-    let open = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    let mut entries = Vec::new();
-    sys::dirent::read_dir(open.as_fd(), |e| entries.push(e))?;
-    drop(open);
-    for e in entries {
-        if whiteout::oci_name(&e.name) != whiteout::OciName::Plain {
+/// One directory being walked by [`scan`]: its entries and the next one.
+struct Frame {
+    dir: Arc<LowerObj>,
+    entries: Vec<sys::dirent::RawEntry>,
+    next: usize,
+}
+
+impl Frame {
+    fn open(dir: Arc<LowerObj>) -> Result<Frame> {
+        let fd = dir.dir_fd()?;
+        let open = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let mut entries = Vec::new();
+        sys::dirent::read_dir(open.as_fd(), |e| entries.push(e))?;
+        Ok(Frame {
+            dir,
+            entries,
+            next: 0,
+        })
+    }
+}
+
+/// Walks a lower layer, recording files with more than one link. Depth
+/// first with an explicit stack of directories (any depth); descriptors
+/// come from the bounded cache, which reopens evicted ones.
+fn scan(root: &Arc<LowerObj>, map: &mut LinkMap) -> Result<()> {
+    let mut stack = vec![Frame::open(root.clone())?];
+    // Names from the layer root to the directory on top of the stack.
+    let mut path: Vec<Box<[u8]>> = Vec::new();
+    while let Some(top) = stack.last_mut() {
+        let Some(e) = top.entries.get(top.next) else {
+            stack.pop();
+            path.pop();
+            continue;
+        };
+        top.next += 1;
+        if whiteout::oci_name(&e.name) != whiteout::OciName::Plain || e.d_type == libc::DT_CHR {
             continue;
         }
+        let dir = top.dir.clone();
         let name = Name::new(&e.name)?;
-        if e.d_type == libc::DT_DIR || e.d_type == libc::DT_UNKNOWN {
-            let st = match sys::fs::lstatat(fd.as_fd(), name.as_cstr()) {
-                Ok(st) => st,
-                Err(_) => continue,
-            };
-            if st.is_dir() {
-                let child = Arc::new(LowerObj::from_stat(dir, &e.name, &st));
-                path.push(e.name.clone().into());
-                let r = scan(&child, path, map);
-                path.pop();
-                r?;
-                continue;
-            }
-        }
-        if e.d_type == libc::DT_CHR {
-            continue;
-        }
+        let fd = dir.dir_fd()?;
         let st = match sys::fs::lstatat(fd.as_fd(), name.as_cstr()) {
             Ok(st) => st,
             Err(_) => continue,
         };
-        if !st.is_dir() && st.nlink > 1 {
+        if st.is_dir() {
+            let child = Arc::new(LowerObj::from_stat(&dir, name.as_bytes(), &st));
+            stack.push(Frame::open(child)?);
+            path.push(name.as_bytes().into());
+        } else if st.nlink > 1 {
             let mut p = path.clone();
-            p.push(e.name.into());
+            p.push(name.as_bytes().into());
             map.entry((st.dev, st.ino)).or_default().push(p);
         }
     }

@@ -5,7 +5,10 @@
 //! copy-up, and after remount through `overlay.origin`), else the upper
 //! object. With every layer on one filesystem the real inode number is used
 //! as is, which is unique and stable. Layers on several filesystems get the
-//! filesystem's index in the top 8 bits (like the kernel's xino). A number
+//! filesystem's index in the top 8 bits (like the kernel's xino; with
+//! `xino=off` they get numbers from the counter instead, unique but not
+//! kept across mounts: a FUSE mount has one st_dev, so plyfs cannot show
+//! them with their own device as the kernel does). A number
 //! that does not fit, or that would be the reserved root id 1, is replaced by
 //! one from a counter above every tagged range, remembered for the mount so
 //! it never collides.
@@ -26,6 +29,8 @@ pub struct InoMap {
     /// Distinct st_dev values of the layers, upper (if any) first.
     devs: Vec<u64>,
     ino32: bool,
+    /// Tag numbers with their filesystem's index (`xino=auto|on`).
+    tag: bool,
     fallback: DashMap<Ident, u64>,
     next: AtomicU64,
     /// Upper objects created by copy-up in this mount, mapped to the number
@@ -35,7 +40,7 @@ pub struct InoMap {
 
 impl InoMap {
     /// `devs` lists each layer's st_dev, upper first; duplicates are merged.
-    pub fn new(devs: &[u64], ino32: bool) -> InoMap {
+    pub fn new(devs: &[u64], ino32: bool, tag: bool) -> InoMap {
         let mut distinct: Vec<u64> = Vec::new();
         for d in devs {
             if !distinct.contains(d) {
@@ -45,6 +50,7 @@ impl InoMap {
         InoMap {
             devs: distinct,
             ino32,
+            tag,
             fallback: DashMap::new(),
             next: AtomicU64::new(if ino32 { INO32_BASE } else { FALLBACK_BASE }),
             aliases: DashMap::new(),
@@ -64,7 +70,9 @@ impl InoMap {
         let (dev, ino) = ident;
         let direct = match self.devs.iter().position(|d| *d == dev) {
             Some(_) if self.single_fs() => Some(ino),
-            Some(idx) if ino >> TAG_SHIFT == 0 && idx < 255 => {
+            // xino=off: only the first filesystem keeps real numbers.
+            Some(0) if !self.tag => Some(ino),
+            Some(idx) if self.tag && ino >> TAG_SHIFT == 0 && idx < 255 => {
                 Some(((idx as u64) << TAG_SHIFT) | ino)
             }
             _ => None,
@@ -107,7 +115,7 @@ mod tests {
 
     #[test]
     fn single_fs_uses_real_numbers() {
-        let m = InoMap::new(&[10, 10, 10], false);
+        let m = InoMap::new(&[10, 10, 10], false, true);
         assert_eq!(m.map((10, 1234)), 1234);
         // 1 is the root's id: never handed out for another object.
         let one = m.map((10, 1));
@@ -117,7 +125,7 @@ mod tests {
 
     #[test]
     fn several_filesystems_are_tagged() {
-        let m = InoMap::new(&[10, 20, 20, 30], false);
+        let m = InoMap::new(&[10, 20, 20, 30], false, true);
         assert_eq!(m.map((10, 5)), 5);
         assert_eq!(m.map((20, 5)), (1 << 56) | 5);
         assert_eq!(m.map((30, 5)), (2 << 56) | 5);
@@ -130,14 +138,24 @@ mod tests {
 
     #[test]
     fn aliases_follow_copy_up() {
-        let m = InoMap::new(&[10], false);
+        let m = InoMap::new(&[10], false, true);
         m.alias((10, 900), 100);
         assert_eq!(m.map((10, 900)), 100);
     }
 
     #[test]
+    fn xino_off_numbers_other_filesystems_from_the_counter() {
+        let m = InoMap::new(&[10, 20], false, false);
+        assert_eq!(m.map((10, 5)), 5);
+        let a = m.map((20, 5));
+        assert!(a >= FALLBACK_BASE, "{a:x}");
+        assert_eq!(m.map((20, 5)), a);
+        assert_ne!(m.map((20, 6)), a);
+    }
+
+    #[test]
     fn ino32_stays_below_2_32() {
-        let m = InoMap::new(&[10], true);
+        let m = InoMap::new(&[10], true, true);
         assert_eq!(m.map((10, 77)), 77);
         let n = m.map((10, 1 << 40));
         assert!(n < 1 << 32);

@@ -20,6 +20,7 @@ pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
+pub mod inval;
 pub mod layer;
 pub mod listing;
 pub mod lower;

@@ -47,6 +47,20 @@ pub struct LowerObj {
     pub root_path: Option<std::path::PathBuf>,
 }
 
+impl Drop for LowerObj {
+    /// Drops a chain of otherwise unreferenced ancestors in a loop: the
+    /// default drop would recurse once per directory level.
+    fn drop(&mut self) {
+        let mut next = self.parent.take();
+        while let Some(p) = next {
+            next = match Arc::try_unwrap(p) {
+                Ok(mut obj) => obj.parent.take(),
+                Err(_) => None,
+            };
+        }
+    }
+}
+
 impl FdHolder for LowerObj {
     fn slot(&self) -> &FdSlot {
         &self.fd
@@ -109,12 +123,34 @@ impl LowerObj {
 
     /// `O_PATH` descriptor of this directory, reopened from the parent if it
     /// was evicted. ESTALE if something else now sits at the name.
+    ///
+    /// Iterative: evicted ancestors are reopened top-down from the nearest
+    /// one still cached, so any directory depth works on a thread's stack.
     pub fn dir_fd(self: &Arc<Self>) -> Result<Arc<OwnedFd>, Errno> {
         if let Some(fd) = self.fd.get() {
             return Ok(fd);
         }
-        let parent = self.parent.as_ref().ok_or(Errno::EIO)?;
-        let pfd = parent.dir_fd()?;
+        // Walk up to the nearest object with a cached descriptor.
+        let mut chain: Vec<Arc<LowerObj>> = vec![self.clone()];
+        let mut fd = loop {
+            let Some(parent) = chain.last().and_then(|o| o.parent.clone()) else {
+                return Err(Errno::EIO);
+            };
+            if let Some(fd) = parent.fd.get() {
+                break fd;
+            }
+            chain.push(parent);
+        };
+        // Reopen down again, one name at a time.
+        while let Some(obj) = chain.pop() {
+            fd = obj.reopen_from(&fd)?;
+        }
+        Ok(fd)
+    }
+
+    /// Opens this directory by name in its parent's descriptor `pfd` and
+    /// caches it.
+    fn reopen_from(self: &Arc<Self>, pfd: &OwnedFd) -> Result<Arc<OwnedFd>, Errno> {
         let name = Name::new(&self.name)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         // O_DIRECTORY|O_NOFOLLOW already rule out anything but a directory;

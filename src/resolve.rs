@@ -17,6 +17,7 @@ use crate::node::{Alias, Ident, Node, NodeState};
 use crate::origin;
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
+use crate::table::Held;
 use crate::whiteout::{self, OpaqueValue};
 
 /// A visible object at some name.
@@ -478,14 +479,15 @@ impl Plyfs {
         Ok(self.inos.map(self.number_ident(f)?))
     }
 
-    /// Takes a kernel reference on the node for `f`, found as `name` in
-    /// `parent`, and returns it with its attributes.
+    /// Takes a reference on the node for `f`, found as `name` in `parent`,
+    /// and returns it with its attributes. The reference goes back to the
+    /// table if the caller drops it (an error before the reply).
     pub fn remember(
         &self,
         parent: &Arc<Node>,
         name: &Name,
         f: Found,
-    ) -> Result<(Arc<Node>, FileAttr)> {
+    ) -> Result<(Held<'_>, FileAttr)> {
         let ino = self.number_of(&f)?;
         let origin = if f.upper.is_some() {
             self.number_ident(&f).ok()

@@ -30,6 +30,9 @@ pub struct Checked {
     pub upper: Option<(PathBuf, OwnedFd)>,
     pub work: Option<(PathBuf, OwnedFd)>,
     pub mountpoint: PathBuf,
+    /// Exclusive locks on the upper and work directories, held for the
+    /// life of the mount: two mounts writing one upper corrupt it.
+    pub in_use: Vec<OwnedFd>,
 }
 
 fn describe(e: Errno) -> String {
@@ -66,7 +69,22 @@ fn within(a: &Path, b: &Path) -> bool {
     a.starts_with(b)
 }
 
+/// The error for `allow_other` that fusermount3 would refuse.
+pub const ALLOW_OTHER_REFUSED: &str = "option allow_other needs 'user_allow_other' in \
+    /etc/fuse.conf when not mounting as root";
+
+/// Whether /etc/fuse.conf lets unprivileged users mount with allow_other.
+fn user_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    })
+}
+
 pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> {
+    if o.allow_other && sys::process::geteuid() != 0 && !user_allow_other() {
+        return Err(ALLOW_OTHER_REFUSED.into());
+    }
     if o.lowers.is_empty() {
         return Err("missing lowerdir=: at least one lower directory is required".into());
     }
@@ -83,10 +101,20 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
     }
     let mut lowers = Vec::new();
     for l in &o.lowers {
-        lowers.push((l.clone(), open_dir("lowerdir", l)?));
+        let fd = open_dir("lowerdir", l)?;
+        let fd = match private_lower(&fd) {
+            Some(clone) => clone,
+            None => {
+                refuse_mountpoint_inside("lowerdir", l, &canonical(l), mountpoint)?;
+                fd
+            }
+        };
+        lowers.push((l.clone(), fd));
     }
+    refuse_overlapping_lowers(&lowers)?;
     let mut upper = None;
     let mut work = None;
+    let mut in_use = Vec::new();
     if let (Some(u), Some(w)) = (&o.upper, &o.work) {
         let ufd = open_dir("upperdir", u)?;
         let wfd = open_dir("workdir", w)?;
@@ -124,11 +152,42 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
                 }
             }
         }
+        match (
+            sys::mount::mount_id(ufd.as_fd()),
+            sys::mount::mount_id(wfd.as_fd()),
+        ) {
+            (Ok(a), Ok(b)) if a != b => {
+                return Err(format!(
+                    "workdir {} and upperdir {} must be on the same mount",
+                    w.display(),
+                    u.display()
+                ));
+            }
+            _ => {}
+        }
+        refuse_incompat_work(w, &wfd)?;
+        in_use.push(lock_in_use("upperdir", u, &ufd)?);
+        in_use.push(lock_in_use("workdir", w, &wfd)?);
+        let (ufd, wfd) = match private_upper(&cu, &cw, &ufd, &wfd) {
+            Some(pair) => pair,
+            None => {
+                for (what, p, c) in [("upperdir", u, &cu), ("workdir", w, &cw)] {
+                    refuse_mountpoint_inside(what, p, c, mountpoint)?;
+                }
+                (ufd, wfd)
+            }
+        };
         upper = Some((u.clone(), ufd));
         work = Some((w.clone(), wfd));
     }
     match std::fs::metadata(mountpoint) {
-        Ok(_) => {}
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "mountpoint {} is not a directory",
+                mountpoint.display()
+            ));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
                 "mountpoint {} does not exist",
@@ -147,7 +206,170 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
         upper,
         work,
         mountpoint: mountpoint.to_path_buf(),
+        in_use,
     })
+}
+
+/// Like the kernel, a directory may be only one lower layer, and lower
+/// layers may not lie inside each other.
+fn refuse_overlapping_lowers(lowers: &[(PathBuf, OwnedFd)]) -> Result<(), String> {
+    let idents: Vec<Option<(u64, u64)>> = lowers
+        .iter()
+        .map(|(_, fd)| sys::fs::fstat(fd.as_fd()).ok().map(|st| (st.dev, st.ino)))
+        .collect();
+    let canon: Vec<PathBuf> = lowers.iter().map(|(p, _)| canonical(p)).collect();
+    for i in 0..lowers.len() {
+        for j in 0..i {
+            let (a, b) = (&lowers[j].0, &lowers[i].0);
+            if idents[i].is_some() && idents[i] == idents[j] {
+                return Err(format!(
+                    "lowerdir {} is given twice (as {} and {})",
+                    canon[i].display(),
+                    a.display(),
+                    b.display()
+                ));
+            }
+            if within(&canon[i], &canon[j]) || within(&canon[j], &canon[i]) {
+                return Err(format!(
+                    "lowerdir {} and lowerdir {} overlap (one is inside the other)",
+                    a.display(),
+                    b.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernel refuses a work directory that holds `work/incompat/*` (a
+/// volatile mount leaves `incompat/volatile`: after a crash its upper may
+/// miss data it claimed to have written). plyfs does the same.
+fn refuse_incompat_work(w: &Path, wfd: &OwnedFd) -> Result<(), String> {
+    let Ok(work) = sys::fs::open_dir_path(wfd.as_fd(), workdir::WORK) else {
+        return Ok(());
+    };
+    let Ok(inc) = sys::fs::open_dir_path(work.as_fd(), workdir::INCOMPAT) else {
+        return Ok(());
+    };
+    let Ok(dir) = sys::fs::openat(inc.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        return Ok(());
+    };
+    let mut names = Vec::new();
+    let _ = sys::dirent::read_dir(dir.as_fd(), |e| names.push(e.name));
+    names.sort();
+    if let Some(feature) = names.first() {
+        let feature = String::from_utf8_lossy(feature);
+        return Err(format!(
+            "workdir {} has incompat feature '{feature}' (work/incompat/{feature}): the upper was \
+             mounted {feature} and may be inconsistent after a crash, so overlayfs refuses it; \
+             remove {}/work/incompat to mount it anyway",
+            w.display(),
+            w.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the exclusive in-use lock of an upper or work directory. A daemon
+/// that just unmounted may still be finishing: wait a little for it.
+fn lock_in_use(what: &str, path: &Path, fd: &OwnedFd) -> Result<OwnedFd, String> {
+    let lock = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|e| format!("cannot open {what} {}: {}", path.display(), describe(e)))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sys::fs::try_lock_exclusive(lock.as_fd()) {
+            Ok(()) => return Ok(lock),
+            Err(e) if e.code() == libc::EWOULDBLOCK && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.code() == libc::EWOULDBLOCK => {
+                return Err(format!(
+                    "{what} {} is in use by another plyfs mount (two mounts writing one upper corrupt it)",
+                    path.display()
+                ));
+            }
+            // Filesystems without flock: nothing to check with.
+            Err(_) => return Ok(lock),
+        }
+    }
+}
+
+/// Same object (device and inode) behind two descriptors.
+fn same_object(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (sys::fs::fstat(a.as_fd()), sys::fs::fstat(b.as_fd())) {
+        (Ok(x), Ok(y)) => (x.dev, x.ino) == (y.dev, y.ino),
+        _ => false,
+    }
+}
+
+/// A private clone of the mount a lower layer lives on, rooted at the
+/// layer and read-only (see `sys::mount`); `None` where this process may
+/// not clone mounts (unprivileged, or locked mounts in a user namespace).
+fn private_lower(fd: &OwnedFd) -> Option<OwnedFd> {
+    let clone = match sys::mount::clone_tree(fd.as_fd()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("no private mount for a lower layer: {e:?}");
+            return None;
+        }
+    };
+    if let Err(e) = sys::mount::make_readonly_noatime(clone.as_fd()) {
+        log::debug!("cannot make a lower layer's private mount read-only: {e:?}");
+    }
+    same_object(fd, &clone).then_some(clone)
+}
+
+/// Private clones of the upper and work directories, on one clone of the
+/// mount they share (renames between them must stay on one mount): the
+/// mount is cloned at their deepest common directory and walked down by
+/// name. `None` when cloning is not allowed or the walk does not find the
+/// same directories.
+fn private_upper(cu: &Path, cw: &Path, ufd: &OwnedFd, wfd: &OwnedFd) -> Option<(OwnedFd, OwnedFd)> {
+    let common: PathBuf = cu
+        .components()
+        .zip(cw.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let base = open_dir("common directory", &common).ok()?;
+    let clone = match sys::mount::clone_tree(base.as_fd()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::debug!("no private mount for the upper layer: {e:?}");
+            return None;
+        }
+    };
+    let walk = |target: &Path| -> Option<OwnedFd> {
+        let rel = target.strip_prefix(&common).ok()?;
+        let mut cur = sys::fs::dup(clone.as_fd()).ok()?;
+        for c in rel.components() {
+            let name = CString::new(c.as_os_str().as_bytes()).ok()?;
+            cur = sys::fs::open_dir_path(cur.as_fd(), &name).ok()?;
+        }
+        Some(cur)
+    };
+    let (u, w) = (walk(cu)?, walk(cw)?);
+    (same_object(ufd, &u) && same_object(wfd, &w)).then_some((u, w))
+}
+
+/// Without a private clone, a mountpoint inside a layer would show plyfs
+/// its own mount there: its lookups would wait on themselves. Refuse it.
+fn refuse_mountpoint_inside(
+    what: &str,
+    path: &Path,
+    canon: &Path,
+    mountpoint: &Path,
+) -> Result<(), String> {
+    let m = canonical(mountpoint);
+    if m != canon && within(&m, canon) {
+        return Err(format!(
+            "mountpoint {} lies inside {what} {}; that needs a private copy of the layer's mount \
+             (CAP_SYS_ADMIN: run as root or in a user namespace, e.g. unshare -Urm)",
+            mountpoint.display(),
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Chooses the marker prefix: `user.overlay.` when asked (`userxattr`) or
@@ -174,6 +396,7 @@ fn choose_prefix(o: &MountOptions, work: &WorkDir) -> Prefix {
 /// Opens the layers and builds the filesystem. Prepares the work directory
 /// (the first write to disk).
 pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
+    let mut in_use = c.in_use;
     let euid = sys::process::geteuid();
     let mut lowers = Vec::new();
     for (i, (path, fd)) in c.lowers.into_iter().enumerate() {
@@ -197,9 +420,8 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     };
     let upper = match (c.upper, c.work) {
         (Some((upath, ufd)), Some((wpath, wfd))) => {
-            // Cleaning the work directory also drops a kernel volatile
-            // mount's `work/incompat/volatile` mark, as containers-storage
-            // does before it mounts.
+            // A leftover `incompat/volatile` was refused in `validate`; the
+            // volatile mark of this mount is set once it is mounted.
             let work = WorkDir::prepare(wfd).map_err(|e| {
                 format!(
                     "cannot prepare workdir {}: {}",
@@ -207,11 +429,6 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
                     describe(e)
                 )
             })?;
-            if o.volatile {
-                // Like a volatile kernel mount: mark the upper as possibly
-                // inconsistent, so a kernel mount refuses it until removed.
-                let _ = workdir::mark_volatile(&work);
-            }
             prefix = choose_prefix(o, &work);
             let dev = sys::fs::fstat(ufd.as_fd())
                 .map_err(|e| format!("cannot stat upperdir: {}", describe(e)))?
@@ -221,6 +438,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
                 root: Arc::new(ufd),
                 dev,
                 work,
+                in_use: std::mem::take(&mut in_use),
             })
         }
         _ => None,
@@ -248,6 +466,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         }),
         passthrough: o.passthrough,
         writeback: o.writeback,
+        xino: o.xino,
     };
     Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))

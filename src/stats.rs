@@ -49,7 +49,8 @@ ops!(
     copy_file_range,
 );
 
-static COUNTS: [AtomicU64; 33] = [const { AtomicU64::new(0) }; 33];
+// Sized from the list above, so adding an operation cannot index past it.
+static COUNTS: [AtomicU64; NAMES.len()] = [const { AtomicU64::new(0) }; NAMES.len()];
 
 #[inline]
 pub fn count(op: Op) {
@@ -66,4 +67,17 @@ pub fn summary() -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_has_a_counter() {
+        count(Op::lookup);
+        count(Op::copy_file_range);
+        assert_eq!(NAMES.len(), COUNTS.len());
+        assert!(summary().contains("copy_file_range=1"));
+    }
 }

@@ -19,12 +19,16 @@ struct Slot {
     lookups: u64,
 }
 
-/// A node held in the table by plyfs itself (like a kernel reference), so
-/// that internal work such as copying a tree up can reach it and its
-/// ancestors by node id. Released when dropped.
+/// One reference on a node in the table, taken by plyfs: either for its
+/// own work (copying a tree up must reach the nodes by id) or for a reply
+/// to the kernel that will carry the node. Released when dropped, so an
+/// error before the reply gives it back; [`Held::into_kernel`] hands it
+/// to the kernel once the reply carrying the node is built (the kernel
+/// then returns it with FORGET).
 pub struct Held<'a> {
     table: &'a Table,
     node: Arc<Node>,
+    handed_over: bool,
 }
 
 impl std::ops::Deref for Held<'_> {
@@ -36,14 +40,17 @@ impl std::ops::Deref for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.table.forget(self.node.ino, 1);
+        if !self.handed_over {
+            self.table.forget(self.node.ino, 1);
+        }
     }
 }
 
-impl<'a> Held<'a> {
-    /// Wraps a node on which one table reference was just taken.
-    pub fn new(table: &'a Table, node: Arc<Node>) -> Held<'a> {
-        Held { table, node }
+impl Held<'_> {
+    /// The reference now belongs to the kernel.
+    pub fn into_kernel(mut self) -> Arc<Node> {
+        self.handed_over = true;
+        self.node.clone()
     }
 }
 
@@ -77,8 +84,8 @@ impl Table {
         );
     }
 
-    /// Takes one kernel reference on the node for `ino`. If a node with that
-    /// id exists and `same` says it is the object just resolved, it is
+    /// Takes one reference on the node for `ino`. If a node with that id
+    /// exists and `same` says it is the object just resolved, it is
     /// returned; otherwise `make` builds a new node that replaces it.
     /// `same` and `make` run under the table's shard lock: no I/O in them.
     pub fn remember(
@@ -86,7 +93,7 @@ impl Table {
         ino: u64,
         same: impl FnOnce(&Arc<Node>) -> bool,
         make: impl FnOnce() -> Node,
-    ) -> Arc<Node> {
+    ) -> Held<'_> {
         let (node, replaced) = match self.map.entry(ino) {
             MapEntry::Occupied(mut e) => {
                 let slot = e.get_mut();
@@ -112,14 +119,25 @@ impl Table {
         // The replaced node may hold the last reference to other nodes'
         // objects: drop it after the shard lock is released.
         drop(replaced);
-        node
+        self.held(node)
     }
 
-    /// Takes one more kernel reference on a node already in the table.
-    pub fn add_ref(&self, ino: u64) -> Option<Arc<Node>> {
-        let mut slot = self.map.get_mut(&ino)?;
-        slot.lookups = slot.lookups.saturating_add(1);
-        Some(slot.node.clone())
+    fn held(&self, node: Arc<Node>) -> Held<'_> {
+        Held {
+            table: self,
+            node,
+            handed_over: false,
+        }
+    }
+
+    /// Takes one more reference on a node already in the table.
+    pub fn hold(&self, ino: u64) -> Option<Held<'_>> {
+        let node = {
+            let mut slot = self.map.get_mut(&ino)?;
+            slot.lookups = slot.lookups.saturating_add(1);
+            slot.node.clone()
+        };
+        Some(self.held(node))
     }
 
     /// Gives back `n` kernel references; the node leaves the table at zero.
@@ -190,8 +208,8 @@ mod tests {
     #[test]
     fn lookups_and_forget() {
         let t = Table::new();
-        let a = t.remember(5, |_| true, || node(5));
-        let b = t.remember(5, |_| true, || node(5));
+        let a = t.remember(5, |_| true, || node(5)).into_kernel();
+        let b = t.remember(5, |_| true, || node(5)).into_kernel();
         assert!(Arc::ptr_eq(&a, &b));
         t.forget(5, 1);
         assert!(t.get(5).is_some());
@@ -200,10 +218,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_not_handed_over_is_given_back() {
+        let t = Table::new();
+        let kept = t.remember(5, |_| true, || node(5)).into_kernel();
+        {
+            let _failed_reply = t.remember(5, |_| true, || node(5));
+            let _held = t.hold(5);
+        }
+        t.forget(5, 1);
+        assert!(t.get(5).is_none(), "references leaked");
+        drop(kept);
+    }
+
+    #[test]
     fn replacement_keeps_count() {
         let t = Table::new();
-        let a = t.remember(7, |_| true, || node(7));
-        let b = t.remember(7, |_| false, || node(7));
+        let a = t.remember(7, |_| true, || node(7)).into_kernel();
+        let b = t.remember(7, |_| false, || node(7)).into_kernel();
         assert!(!Arc::ptr_eq(&a, &b));
         assert_ne!(a.generation, b.generation);
         // The old generation's reference is forgotten later: the new node stays.

@@ -5,7 +5,7 @@
 //! layer. Leftovers are removed when a mount starts (the kernel does the
 //! same with its own `work` directory, so both can share one workdir).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
 
@@ -33,16 +33,19 @@ pub struct WorkDir {
     /// daemon forked).
     reaper: OnceLock<Mutex<std::sync::mpsc::Sender<Vec<u8>>>>,
     reaper_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// `WORKDIR/work` was made by this mount (removed again if the mount
+    /// fails: a failed mount leaves nothing behind).
+    created: bool,
 }
 
 impl WorkDir {
     /// Creates `WORKDIR/work` if needed and empties it.
     pub fn prepare(base: OwnedFd) -> Result<WorkDir, Errno> {
-        match sys::fs::mkdirat(base.as_fd(), WORK, 0o700) {
-            Ok(()) => {}
-            Err(e) if e.code() == libc::EEXIST => {}
+        let created = match sys::fs::mkdirat(base.as_fd(), WORK, 0o700) {
+            Ok(()) => true,
+            Err(e) if e.code() == libc::EEXIST => false,
             Err(e) => return Err(e),
-        }
+        };
         let work = sys::fs::open_dir_path(base.as_fd(), WORK)?;
         clean_dir(work.as_fd())?;
         Ok(WorkDir {
@@ -53,7 +56,15 @@ impl WorkDir {
             whiteout_gen: AtomicU64::new(0),
             reaper: OnceLock::new(),
             reaper_thread: Mutex::new(None),
+            created,
         })
+    }
+
+    /// Undoes [`WorkDir::prepare`] after a failed mount.
+    pub fn undo_prepare(&self) {
+        if self.created {
+            let _ = remove_tree(self.base.as_fd(), WORK);
+        }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -157,18 +168,30 @@ impl WorkDir {
 
 /// Removes every entry of the directory `dir` (an `O_PATH` descriptor).
 pub fn clean_dir(dir: BorrowedFd<'_>) -> Result<(), Errno> {
-    let open = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    let mut names = Vec::new();
-    sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
-    for n in names {
+    for n in entry_names(dir)? {
         let name = Name::new(&n)?;
         remove_tree(dir, name.as_cstr())?;
     }
     Ok(())
 }
 
+/// Names in the directory `dir` (an `O_PATH` descriptor).
+fn entry_names(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
+    let open = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut names = Vec::new();
+    sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
+    Ok(names)
+}
+
+/// How deep [`remove_tree`] descends before it moves a subdirectory up to
+/// be removed on its own: keeps its descriptors bounded at any depth.
+const REMOVE_DEPTH: usize = 64;
+
 /// Removes `name` in `dir`, recursively if it is a directory. Never follows
 /// symlinks: directories are opened with `O_NOFOLLOW` one level at a time.
+/// Iterative with an explicit stack; subtrees deeper than [`REMOVE_DEPTH`]
+/// are renamed into `dir` under a fresh name and removed as trees of their
+/// own, so neither the stack nor the open descriptors grow with depth.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
     match sys::fs::unlinkat(dir, name, false) {
         Ok(()) => return Ok(()),
@@ -176,21 +199,100 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {
         Err(e) if e.code() == libc::ENOENT => return Ok(()),
         Err(e) => return Err(e),
     }
-    let sub = sys::fs::open_dir_path(dir, name)?;
-    clean_dir(sub.as_fd())?;
-    drop(sub);
-    sys::fs::unlinkat(dir, name, true)
+    let mut trees: Vec<CString> = vec![name.to_owned()];
+    while let Some(t) = trees.pop() {
+        remove_dir_tree(dir, &t, &mut trees)?;
+    }
+    Ok(())
 }
 
-/// Creates `work/incompat/volatile`, the kernel's mark of a volatile mount.
-pub fn mark_volatile(work: &WorkDir) -> Result<(), Errno> {
-    match sys::fs::mkdirat(work.fd(), INCOMPAT, 0o700) {
-        Ok(()) => {}
-        Err(e) if e.code() == libc::EEXIST => {}
+/// One directory being emptied by [`remove_dir_tree`].
+struct RmFrame {
+    fd: OwnedFd,
+    name: CString,
+    entries: Vec<Vec<u8>>,
+}
+
+/// Removes the directory `name` in `base` and everything in it; deep
+/// subdirectories are moved to `base` and added to `spilled`.
+fn remove_dir_tree(
+    base: BorrowedFd<'_>,
+    name: &CStr,
+    spilled: &mut Vec<CString>,
+) -> Result<(), Errno> {
+    let open = |parent: BorrowedFd<'_>, name: &CStr| -> Result<RmFrame, Errno> {
+        let fd = sys::fs::open_dir_path(parent, name)?;
+        let entries = entry_names(fd.as_fd())?;
+        Ok(RmFrame {
+            fd,
+            name: name.to_owned(),
+            entries,
+        })
+    };
+    let mut stack = match open(base, name) {
+        Ok(f) => vec![f],
+        Err(e) if e.code() == libc::ENOENT => return Ok(()),
         Err(e) => return Err(e),
+    };
+    loop {
+        let depth = stack.len();
+        let Some(top) = stack.last_mut() else {
+            break;
+        };
+        let Some(entry) = top.entries.pop() else {
+            let done = stack.pop().ok_or(Errno::EIO)?;
+            let parent = stack.last().map(|f| f.fd.as_fd()).unwrap_or(base);
+            match sys::fs::unlinkat(parent, &done.name, true) {
+                Err(e) if e.code() != libc::ENOENT => return Err(e),
+                _ => continue,
+            }
+        };
+        let child = Name::new(&entry)?;
+        match sys::fs::unlinkat(top.fd.as_fd(), child.as_cstr(), false) {
+            Ok(()) => continue,
+            Err(e) if e.code() == libc::ENOENT => continue,
+            Err(e) if e.code() == libc::EISDIR || e.code() == libc::EPERM => {}
+            Err(e) => return Err(e),
+        }
+        if depth >= REMOVE_DEPTH {
+            let spill = spill_name();
+            sys::fs::renameat2(
+                top.fd.as_fd(),
+                child.as_cstr(),
+                base,
+                &spill,
+                sys::fs::RENAME_NOREPLACE,
+            )?;
+            spilled.push(spill);
+            continue;
+        }
+        let frame = open(top.fd.as_fd(), child.as_cstr())?;
+        stack.push(frame);
     }
-    let inc = sys::fs::open_dir_path(work.fd(), INCOMPAT)?;
-    match sys::fs::mkdirat(inc.as_fd(), VOLATILE, 0o700) {
+    Ok(())
+}
+
+/// A fresh name for a subtree moved up by [`remove_dir_tree`].
+fn spill_name() -> CString {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let s = format!("#plyfs.rm.{:x}.{n:x}", sys::process::getpid());
+    // Digits and ASCII only: no NUL inside.
+    CString::new(s).unwrap_or_default()
+}
+
+/// Creates `work/incompat/volatile/dirty`, the kernel's mark of a volatile
+/// mount: until it is removed, no overlay mounts the upper again.
+pub fn mark_volatile(work: &WorkDir) -> Result<(), Errno> {
+    let mut dir = sys::fs::dup(work.fd())?;
+    for name in [INCOMPAT, VOLATILE] {
+        match sys::fs::mkdirat(dir.as_fd(), name, 0o700) {
+            Err(e) if e.code() != libc::EEXIST => return Err(e),
+            _ => {}
+        }
+        dir = sys::fs::open_dir_path(dir.as_fd(), name)?;
+    }
+    match sys::fs::openat(dir.as_fd(), c"dirty", libc::O_WRONLY | libc::O_CREAT, 0o600) {
         Err(e) if e.code() != libc::EEXIST => Err(e),
         _ => Ok(()),
     }

@@ -1223,3 +1223,197 @@ fn lower_only_daemon_mode_is_read_only() {
     assert_eq!(errno(&e), libc::EROFS);
     unmount_and_check_exit(Command::new("umount"), &l.mnt, &pids);
 }
+
+// ---------------------------------------------------------------------------
+// Inputs the kernel refuses (issue 9): refused here too, with one line.
+
+#[test]
+fn rejects_regular_file_as_mountpoint() {
+    let l = Layers::new(1);
+    let f = l.dir.path().join("file");
+    write(&f, b"x");
+    let args = vec![opt_arg("-o"), opt_arg(&l.options()), f.clone().into()];
+    assert_rejected(&l, &f, &args, &["not a directory"]);
+}
+
+#[test]
+fn rejects_duplicate_and_overlapping_lowerdirs() {
+    let l = Layers::new(1);
+    let l0 = l.lower(0).display().to_string();
+    std::fs::create_dir(l.lower(0).join("sub")).unwrap();
+    std::os::unix::fs::symlink(l.lower(0), l.dir.path().join("alias")).unwrap();
+    let alias = l.dir.path().join("alias").display().to_string();
+    for (lowers, words) in [
+        (format!("{l0}:{l0}"), &["lowerdir", "twice"][..]),
+        (format!("{l0}:{alias}"), &["lowerdir", "twice"]),
+        (format!("{l0}:{l0}/sub"), &["lowerdir", "overlap"]),
+        (format!("{l0}/sub:{l0}"), &["lowerdir", "overlap"]),
+    ] {
+        let opts = format!(
+            "lowerdir={lowers},upperdir={},workdir={}",
+            l.upper.display(),
+            l.work.display()
+        );
+        assert_rejected(&l, &l.mnt, &o(&l, &opts), words);
+    }
+}
+
+#[test]
+fn rejects_lower_flag_together_with_lowerdir_option() {
+    let l = Layers::new(2);
+    let args = vec![
+        opt_arg("--lower"),
+        l.lower(1).into(),
+        opt_arg("-o"),
+        opt_arg(&format!("lowerdir={}", l.lower(0).display())),
+        l.mnt.clone().into(),
+    ];
+    assert_rejected(&l, &l.mnt, &args, &["--lower", "lowerdir="]);
+}
+
+/// Like the kernel: a work directory with `work/incompat/volatile` (left by
+/// a volatile mount, which may have lost data in a crash) is refused, with
+/// a line that says what to remove; plyfs's own volatile mounts leave the
+/// same mark, which kernel overlayfs honours.
+#[test]
+fn leftover_volatile_mark_is_refused_like_the_kernel() {
+    if !require_root("leftover_volatile_mark_is_refused_like_the_kernel") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"lower");
+    {
+        let m = PlyfsMount::start(&l.mnt, &format!("{},volatile", l.options()), &[]).unwrap();
+        std::fs::write(m.mnt.join("f"), b"upper").unwrap();
+    }
+    assert!(l.work.join("work/incompat/volatile/dirty").exists());
+    assert!(
+        l.mount_kernel_checked("").is_err(),
+        "kernel mounted a volatile leftover"
+    );
+    for extra in ["", ",volatile"] {
+        let _guard = Daemon::new(&l.mnt);
+        let out = run_for(
+            plyfs([
+                opt_arg("-o"),
+                opt_arg(&format!("{}{extra}", l.options())),
+                l.mnt.clone().into(),
+            ]),
+            Duration::from_secs(20),
+        );
+        assert_eq!(out.code(), Some(1), "{}", out.stderr);
+        let line = out.stderr.trim_end();
+        assert!(!line.contains('\n'), "one line: {line:?}");
+        for w in ["volatile", "incompat", "remove"] {
+            assert!(line.contains(w), "{w}: {line:?}");
+        }
+        assert!(!is_mounted(&l.mnt));
+        assert!(l.work.join("work/incompat/volatile/dirty").exists());
+    }
+    std::fs::remove_dir_all(l.work.join("work/incompat")).unwrap();
+    let m = l.mount();
+    assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), b"upper");
+}
+
+/// Two mounts writing one upper corrupt it: the second is refused while
+/// the first is live, and allowed once it is gone.
+#[test]
+fn second_mount_on_the_same_upper_is_refused() {
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"lower");
+    let m = l.mount();
+    let other = l.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+    let _guard = Daemon::new(&other);
+    let out = run_for(
+        plyfs([opt_arg("-o"), opt_arg(&l.options()), other.clone().into()]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("in use"), "{}", out.stderr);
+    assert!(!is_mounted(&other));
+    assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), b"lower");
+    drop(m);
+    let m2 = PlyfsMount::start(&other, &l.options(), &[]).expect("mount after the first ended");
+    assert_eq!(std::fs::read(m2.mnt.join("f")).unwrap(), b"lower");
+}
+
+/// The mountpoint may lie inside a layer: plyfs reaches its layers through
+/// private clones of their mounts (as the kernel does), so it sees the
+/// directory below its own mount and never waits on itself.
+#[test]
+fn mountpoint_inside_a_layer_is_served() {
+    if !require_root("mountpoint_inside_a_layer_is_served") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("mnt/below-in-lower"), b"x");
+    write(&l.upper.join("umnt/below-in-upper"), b"y");
+    for (mnt, shown) in [
+        (l.lower(0).join("mnt"), "below-in-lower"),
+        (l.upper.join("umnt"), "below-in-upper"),
+    ] {
+        let m = PlyfsMount::start(&mnt, &l.options(), &[]).expect("mount inside a layer");
+        let inner = mnt.join(mnt.file_name().unwrap());
+        let mut ls = Command::new("ls");
+        ls.arg(&inner);
+        let out = run_for(ls, Duration::from_secs(10));
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "ls {}: {}",
+            inner.display(),
+            out.stderr
+        );
+        assert_eq!(out.stdout.trim(), shown);
+        std::fs::write(inner.join("new"), b"n").unwrap();
+        drop(m);
+    }
+}
+
+#[test]
+fn mountpoint_inside_a_lower_is_refused_without_privilege() {
+    if !require_root("mountpoint_inside_a_lower_is_refused_without_privilege") {
+        return;
+    }
+    let l = nobody_layers();
+    let inside = l.lower(0).join("d");
+    let _guard = Daemon::new(&inside);
+    let mut c = as_nobody(PLYFS);
+    c.arg("-f").arg("-o").arg(l.options()).arg(&inside);
+    let out = run_for(c, Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let line = out.stderr.trim_end();
+    assert!(!line.contains('\n'), "one line: {line:?}");
+    assert!(line.contains("inside lowerdir"), "{line:?}");
+    assert!(!l.work.join("work").exists(), "work/work created");
+}
+
+/// allow_other as an unprivileged user without `user_allow_other` in
+/// /etc/fuse.conf: one line naming the setting, nothing written.
+#[test]
+fn unprivileged_allow_other_is_refused_clearly() {
+    if !require_root("unprivileged_allow_other_is_refused_clearly") {
+        return;
+    }
+    let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if conf.lines().any(|l| l.trim() == "user_allow_other") {
+        eprintln!("SKIPPED: /etc/fuse.conf allows user_allow_other here");
+        return;
+    }
+    let _lock = DEV_FUSE.lock().unwrap_or_else(|e| e.into_inner());
+    let _mode = DevFuseMode::set(0o666);
+    let l = nobody_layers();
+    let _guard = Daemon::new(&l.mnt);
+    let mut c = as_nobody(PLYFS);
+    c.arg("-o")
+        .arg(format!("{},allow_other", l.options()))
+        .arg(&l.mnt);
+    let out = run_for(c, Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    let line = out.stderr.trim_end();
+    assert!(!line.contains('\n'), "one line: {line:?}");
+    assert!(line.contains("user_allow_other"), "{line:?}");
+    assert!(!line.contains("/dev/fuse ("), "blames /dev/fuse: {line:?}");
+    assert!(!l.work.join("work").exists(), "work/work created");
+}

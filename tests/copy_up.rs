@@ -763,3 +763,65 @@ fn lower_hard_links_are_plain_links_in_upper_after_copy_up() {
     assert_eq!(std::fs::read(m.mnt.join("b/y")).unwrap(), b"new");
     assert_eq!(ls(&m.mnt.join("a")), ["x"]);
 }
+
+/// Changes plyfs makes on its own during a copy-up (the parent renamed
+/// into and its times restored, impure marks, other names of a hard link
+/// linked in their directories) reach the kernel's attribute cache: stat
+/// through the mount shows the real ctime right away, and tar does not
+/// report "file changed as we read it".
+#[test]
+fn copy_up_refreshes_cached_attributes() {
+    if !require_root("copy_up_refreshes_cached_attributes") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let l = Layers::new(1);
+    write(&l.lower(0).join("d/f"), b"f");
+    write(&l.lower(0).join("d/g"), b"g");
+    write(&l.lower(0).join("e/h"), b"h");
+    std::fs::hard_link(l.lower(0).join("e/h"), l.lower(0).join("d/h")).unwrap();
+    let m = l.mount();
+    let ctime = |p: &std::path::Path| {
+        let md = std::fs::symlink_metadata(p).unwrap();
+        // Merged directories report st_nlink 1 (like the kernel's).
+        let nlink = if md.is_dir() { 0 } else { md.nlink() };
+        (
+            md.ctime(),
+            md.ctime_nsec(),
+            md.mtime(),
+            md.mtime_nsec(),
+            nlink,
+        )
+    };
+    // Fill the kernel's attribute cache first.
+    for p in ["", "d", "e", "d/f", "e/h"] {
+        ctime(&m.mnt.join(p));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for (file, dirs) in [("d/f", &["", "d"][..]), ("d/h", &["e"])] {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.mnt.join(file))
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"+").unwrap();
+        drop(f);
+        for d in dirs.iter().chain([&file]) {
+            assert_eq!(
+                ctime(&m.mnt.join(d)),
+                ctime(&l.upper.join(d)),
+                "cached attributes of {d:?} after copying {file} up"
+            );
+        }
+    }
+    let out = std::process::Command::new("tar")
+        .args(["cf", "/dev/null", "-C"])
+        .arg(&m.mnt)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -256,3 +256,43 @@ fn ino32_t_keeps_inode_numbers_below_2_32() {
     assert_eq!(seen.len(), 41);
     m.unmount();
 }
+
+/// `xino=`: with layers on two filesystems, numbers from the second one
+/// carry its index in the top bits (auto, on) or come from a per-mount
+/// counter (off); the upper filesystem keeps its real numbers either way.
+#[test]
+fn xino_decides_numbers_of_other_filesystems() {
+    if !ready("xino_decides_numbers_of_other_filesystems") {
+        return;
+    }
+    let l = Layers::new(1);
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "plyfs-test-xino"])
+        .arg(l.lower(0))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            umount(self.0);
+        }
+    }
+    let _tmpfs = Unmount(l.lower(0));
+    write(&l.lower(0).join("lower"), b"l");
+    write(&l.upper.join("upper"), b"u");
+    let real = std::fs::metadata(l.lower(0).join("lower")).unwrap().ino();
+    let real_upper = std::fs::metadata(l.upper.join("upper")).unwrap().ino();
+    for (xino, tagged) in [("auto", true), ("on", true), ("off", false)] {
+        let m = mount_with(&l, &format!("xino={xino}"));
+        let ino = std::fs::metadata(m.mnt.join("lower")).unwrap().ino();
+        if tagged {
+            assert_eq!(ino, (1 << 56) | real, "xino={xino}");
+        } else {
+            assert!(ino >= 0xff00_0000_0000_0000, "xino=off: {ino:x}");
+        }
+        let up = std::fs::metadata(m.mnt.join("upper")).unwrap().ino();
+        assert_eq!(up, real_upper, "xino={xino}");
+        drop(m);
+    }
+}

@@ -35,8 +35,11 @@ pub struct LowerRef {
 
 impl Clone for LowerRef {
     fn clone(&self) -> LowerRef {
-        if self.node.ino != crate::ino::ROOT {
-            self.fs.table.add_ref(self.node.ino);
+        if self.node.ino != crate::ino::ROOT
+            && let Some(h) = self.fs.table.hold(self.node.ino)
+        {
+            // One more reference, given back by this clone's drop.
+            h.into_kernel();
         }
         LowerRef {
             fs: self.fs.clone(),
@@ -78,6 +81,7 @@ impl LowerView {
             upper: None,
             work: None,
             mountpoint: PathBuf::from("/"),
+            in_use: Vec::new(),
         };
         let fs = crate::setup::build(&o, checked)?;
         Ok(LowerView { fs: Arc::new(fs) })
@@ -100,9 +104,10 @@ impl LowerView {
         Ok(self
             .fs
             .do_lookup(dir.node.ino, &name)?
-            .map(|(node, _)| LowerRef {
+            .map(|(held, _)| LowerRef {
                 fs: self.fs.clone(),
-                node,
+                // The reference is given back when the LowerRef drops.
+                node: held.into_kernel(),
             }))
     }
 

@@ -20,6 +20,7 @@ use crate::ops::Caller;
 use crate::ovl_xattr;
 use crate::resolve::Found;
 use crate::sys::{self, Errno, fs::Stat};
+use crate::table::Held;
 use crate::whiteout;
 use crate::workdir::remove_tree;
 
@@ -46,8 +47,9 @@ enum UpperSlot {
 
 /// The result of a creation: the new node, its attributes, and for files an
 /// open descriptor.
-pub struct Created {
-    pub node: Arc<Node>,
+pub struct Created<'a> {
+    /// A reference for the reply; given back if the reply is not sent.
+    pub node: Held<'a>,
     pub attr: FileAttr,
     pub fd: Option<OwnedFd>,
 }
@@ -59,7 +61,7 @@ impl Plyfs {
         name: &Name,
         what: NewObject<'_>,
         caller: Caller,
-    ) -> Result<Created> {
+    ) -> Result<Created<'_>> {
         let parent = self.node(parent)?;
         self.upper_layer()?;
         if !parent.is_dir() {
@@ -113,7 +115,7 @@ impl Plyfs {
         found.opaque = what.is_dir() && (whiteout || found.opaque);
         if let NewObject::Link { source } = &what {
             // The new name is another link to the source's upper inode.
-            let node = self.table.add_ref(source.ino).ok_or(Errno::ENOENT)?;
+            let node = self.table.hold(source.ino).ok_or(Errno::ENOENT)?;
             let attr = self.attr_from(&node, &st)?;
             self.add_alias(&node, parent.ino, name);
             // A copied-up file (st_ino from its origin) now has a name here:
@@ -141,18 +143,12 @@ impl Plyfs {
         f: Found,
         flags: i32,
         caller_uid: u32,
-    ) -> Result<Created> {
+    ) -> Result<Created<'_>> {
         if f.is_dir() {
             return Err(Errno::EISDIR);
         }
         let (node, attr) = self.remember(parent, name, f)?;
-        let fd = match self.open_node_fd(&node, flags, caller_uid) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.table.forget(node.ino, 1);
-                return Err(e);
-            }
-        };
+        let fd = self.open_node_fd(&node, flags, caller_uid)?;
         Ok(Created {
             node,
             attr,

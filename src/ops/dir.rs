@@ -12,6 +12,7 @@ use crate::listing::{DOT_OFFSET, DOTDOT_OFFSET, Listing};
 use crate::names::Name;
 use crate::node::Node;
 use crate::sys::{self, Errno};
+use crate::table::Held;
 
 /// One entry as readdir returns it.
 pub struct DirItem {
@@ -140,14 +141,18 @@ impl Plyfs {
     /// Like [`Plyfs::do_readdir`], with each entry looked up (the kernel takes
     /// a reference on every entry it accepts, except `.` and `..`).
     /// `add` returns false when the entry did not fit; its reference is then
-    /// given back.
+    /// given back. Returns the references of the entries added, for the
+    /// caller to hand to the kernel once the reply is sent. An error after
+    /// some entries were added ends the reply there (the next read
+    /// continues after them).
     pub fn do_readdirplus(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(&DirItem, PlusEntry<'_>) -> bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<Held<'_>>> {
+        let mut refs = Vec::new();
         let (dir, l) = self.listing_for(ino, fh, offset)?;
         for (off, name) in [
             (DOT_OFFSET, b".".as_slice()),
@@ -170,7 +175,7 @@ impl Plyfs {
                 name: name.into(),
             };
             if !add(&item, PlusEntry::Full(&attr, node.generation)) {
-                return Ok(());
+                return Ok(refs);
             }
         }
         // Decided once per listing: names-only entries for non-directories?
@@ -181,6 +186,7 @@ impl Plyfs {
         } else {
             dir.lazy_listed.load(Ordering::Relaxed)
         };
+        let mut added = 0usize;
         for e in &l.entries[l.first_after(offset)..] {
             if names_only && e.kind != libc::S_IFDIR {
                 let item = DirItem {
@@ -192,16 +198,22 @@ impl Plyfs {
                 if !add(&item, PlusEntry::NamesOnly) {
                     break;
                 }
+                added += 1;
                 continue;
             }
-            let found = match self.entry_found(&dir, e, &l.stack) {
-                Ok(f) => f,
+            let looked_up = self
+                .entry_found(&dir, e, &l.stack)
+                .and_then(|found| self.remember(&dir, &Name::new(&e.name)?, found));
+            let (node, attr) = match looked_up {
+                Ok(r) => r,
                 // Removed since the listing was made.
                 Err(err) if err.code() == libc::ENOENT => continue,
+                Err(err) if added > 0 => {
+                    log::debug!("listing {dir:?} stops at {:?}: {err:?}", e.name);
+                    break;
+                }
                 Err(err) => return Err(err),
             };
-            let name = Name::new(&e.name)?;
-            let (node, attr) = self.remember(&dir, &name, found)?;
             let item = DirItem {
                 ino: node.ino,
                 next: e.cookie,
@@ -209,11 +221,13 @@ impl Plyfs {
                 name: e.name.clone(),
             };
             if !add(&item, PlusEntry::Full(&attr, node.generation)) {
-                self.table.forget(node.ino, 1);
+                // Dropped: the reference goes back.
                 break;
             }
+            added += 1;
+            refs.push(node);
         }
-        Ok(())
+        Ok(refs)
     }
 
     pub fn do_fsyncdir(&self, ino: u64, datasync: bool) -> Result<()> {

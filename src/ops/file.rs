@@ -30,7 +30,12 @@ pub fn open_noatime(
 impl Plyfs {
     /// Flags used to open a real file for a request's open flags.
     pub fn real_open_flags(&self, flags: i32) -> i32 {
-        let mut f = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+        // O_DIRECT stays with the kernel's side of the handle (it bypasses
+        // the FUSE page cache): plyfs's own buffers are not aligned for it,
+        // and the kernel's writeback may write partial pages through any
+        // handle of the file.
+        let mut f = (flags
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT))
             | libc::O_NOFOLLOW;
         if self.io.writeback() {
             // The kernel's writeback cache reads pages of write-only files
@@ -67,7 +72,14 @@ impl Plyfs {
             open_noatime(pfd.as_fd(), &name, real)?
         };
         if flags & libc::O_TRUNC != 0 {
-            sys::io::ftruncate(fd.as_fd(), 0)?;
+            if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                // open(O_RDONLY|O_TRUNC) truncates too (the kernel checked
+                // write permission): through a writable descriptor.
+                let w = self.open_upper(node, libc::O_WRONLY | libc::O_NOFOLLOW)?;
+                sys::io::ftruncate(w.as_fd(), 0)?;
+            } else {
+                sys::io::ftruncate(fd.as_fd(), 0)?;
+            }
             if caller_uid != 0 {
                 self.kill_suid(node, fd.as_fd())?;
             }
@@ -88,10 +100,13 @@ impl Plyfs {
             return Ok(());
         }
         if self.override_attr().is_some() {
-            self.store_override(node, None, None, Some(mode & !kill))
+            self.store_override(node, None, None, Some(mode & !kill))?;
         } else {
-            sys::fs::fchmod(fd, mode & !kill & 0o7777)
+            sys::fs::fchmod(fd, mode & !kill & 0o7777)?;
         }
+        // The open reply carries no attributes.
+        self.kernel.attrs_changed(node.ino);
+        Ok(())
     }
 
     pub fn do_open(&self, ino: u64, flags: i32, caller_uid: u32) -> Result<(u64, Arc<OpenFile>)> {

@@ -1,21 +1,20 @@
 //! lookup, forget, getattr, readlink, statfs, access.
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use fuser::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
-use crate::node::Node;
 use crate::ops::Caller;
 use crate::resolve::Lookup;
 use crate::sys::{self, Errno, fs::StatFs};
+use crate::table::Held;
 
 impl Plyfs {
     /// Looks `name` up in `parent`; `Ok(None)` for a missing name (which the
     /// kernel may cache as a negative entry).
-    pub fn do_lookup(&self, parent: u64, name: &Name) -> Result<Option<(Arc<Node>, FileAttr)>> {
+    pub fn do_lookup(&self, parent: u64, name: &Name) -> Result<Option<(Held<'_>, FileAttr)>> {
         let parent = self.node(parent)?;
         match self.resolve(&parent, name)? {
             Lookup::Found(f) => {

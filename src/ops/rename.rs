@@ -228,7 +228,7 @@ impl Plyfs {
     pub fn node_at(&self, parent: &Arc<Node>, name: &Name) -> Result<Held<'_>> {
         let f = self.resolve_found(parent, name)?;
         let (node, _) = self.remember(parent, name, f)?;
-        Ok(Held::new(&self.table, node))
+        Ok(node)
     }
 
     /// Copies a rename operand up. A directory with lower content is
@@ -290,6 +290,7 @@ impl Plyfs {
         let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
         sys::xattr::set_at(pfd.as_fd(), name.as_cstr(), &attr, &value, 0)?;
         dir.state.write().redirect = Some(value.into());
+        self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
 
@@ -310,6 +311,7 @@ impl Plyfs {
         }
         self.set_opaque(pfd.as_fd(), name)?;
         dir.state.write().opaque = true;
+        self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
 
@@ -353,7 +355,10 @@ fn lock_dirs<'a>(
     if Arc::ptr_eq(a, b) {
         return (a.dir_lock.lock(), None);
     }
-    if a.ino < b.ino {
+    // By node id, then by address: two distinct nodes may share an id (a
+    // replaced node still in use by a request).
+    let key = |n: &Arc<Node>| (n.ino, Arc::as_ptr(n) as usize);
+    if key(a) < key(b) {
         let ga = a.dir_lock.lock();
         (ga, Some(b.dir_lock.lock()))
     } else {

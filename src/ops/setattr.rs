@@ -24,6 +24,14 @@ impl Plyfs {
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr> {
         let node = self.node(ino)?;
         self.upper_layer()?;
+        // Refuse what cannot be done before changing anything.
+        if a.size.is_some() {
+            match node.kind {
+                libc::S_IFDIR => return Err(Errno::EISDIR),
+                libc::S_IFREG => {}
+                _ => return Err(Errno::EINVAL),
+            }
+        }
         let handle = a.fh.and_then(|fh| self.handles.file(fh));
         match a.size {
             Some(0) => self.copy_up_opts(&node, false)?,
@@ -65,12 +73,6 @@ impl Plyfs {
             sys::fs::chmodat(dfd.as_fd(), cname, mode & 0o7777)?;
         }
         if let Some(size) = a.size {
-            if node.kind == libc::S_IFDIR {
-                return Err(Errno::EISDIR);
-            }
-            if node.kind != libc::S_IFREG {
-                return Err(Errno::EINVAL);
-            }
             let writable =
                 handle.filter(|h| h.is_on_upper() && (h.flags & libc::O_ACCMODE) != libc::O_RDONLY);
             match writable {

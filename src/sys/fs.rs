@@ -436,3 +436,10 @@ pub fn errno() -> super::Errno {
 pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
     f.as_fd()
 }
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: EWOULDBLOCK while another open file
+/// description holds the lock.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: plain syscall on a live descriptor.
+    retry(|| check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })).map(drop)
+}

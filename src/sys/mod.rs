@@ -8,6 +8,7 @@ pub mod dirent;
 pub mod fs;
 pub mod handle;
 pub mod io;
+pub mod mount;
 pub mod process;
 pub mod xattr;
 

@@ -167,9 +167,3 @@ pub fn malloc_trim() {
         libc::malloc_trim(0);
     }
 }
-
-/// `umount2(path, MNT_DETACH)`.
-pub fn umount_detach(path: &CStr) -> SysResult<()> {
-    // SAFETY: plain syscall on a valid string.
-    check(unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) }).map(drop)
-}

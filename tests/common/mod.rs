@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod fdtree;
+
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::io::Read;
@@ -110,12 +112,17 @@ impl Layers {
 
     /// Mounts kernel overlayfs over these layers at `mnt` (root only).
     pub fn mount_kernel(&self, extra: &str) -> KernelMount {
+        self.mount_kernel_checked(extra).expect("mount overlay")
+    }
+
+    /// Like [`Layers::mount_kernel`], returning the error of a refused mount.
+    pub fn mount_kernel_checked(&self, extra: &str) -> Result<KernelMount, String> {
         let mut o = self.options();
         if !extra.is_empty() {
             o.push(',');
             o.push_str(extra);
         }
-        KernelMount::mount(&self.mnt, &o).expect("mount overlay")
+        KernelMount::mount(&self.mnt, &o)
     }
 }
 
@@ -127,9 +134,42 @@ pub fn test_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }
 
+/// The canonical path of a mountpoint without touching the mountpoint
+/// itself (a dead FUSE mount answers every stat with ENOTCONN).
+pub fn canonical_mountpoint(path: &Path) -> Option<PathBuf> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+}
+
+/// The device ("major:minor") of the mount on top at `path`, from
+/// /proc/self/mountinfo (the mount no other mount there sits on).
+pub fn top_mount_device(path: &Path) -> Option<String> {
+    let canon = canonical_mountpoint(path)?;
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    let want = canon.as_os_str().as_bytes();
+    // (id, parent, device) of every mount at the path.
+    let here: Vec<(String, String, String)> = info
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            (f.len() > 4 && unescape_mount(f[4]) == want).then(|| {
+                let s = |i: usize| String::from_utf8_lossy(f[i]).into_owned();
+                (s(0), s(1), s(2))
+            })
+        })
+        .collect();
+    here.iter()
+        .rev()
+        .find(|(id, _, _)| !here.iter().any(|(_, parent, _)| parent == id))
+        .map(|(_, _, dev)| dev.clone())
+}
+
 /// Whether `path` is a mount point right now (from /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else {
+    let Some(canon) = canonical_mountpoint(path) else {
         return false;
     };
     let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
@@ -178,6 +218,9 @@ pub struct PlyfsMount {
     pub mnt: PathBuf,
     child: Option<Child>,
     pub stderr_path: PathBuf,
+    /// Device of this mount: the guard only ever unmounts this one, never
+    /// a mount below or on top of it at the same path.
+    pub device: Option<String>,
 }
 
 impl PlyfsMount {
@@ -204,14 +247,18 @@ impl PlyfsMount {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));
+        // A mount already there (stacked mounts): wait for a new one on top.
+        let before = top_mount_device(mnt);
         let mut child = cmd.spawn().map_err(|e| format!("spawn plyfs: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if is_mounted(mnt) && fuse_ready(mnt) {
+            let device = top_mount_device(mnt);
+            if device.is_some() && device != before && fuse_ready(mnt) {
                 return Ok(PlyfsMount {
                     mnt: mnt.to_path_buf(),
                     child: Some(child),
                     stderr_path,
+                    device,
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -222,7 +269,9 @@ impl PlyfsMount {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                umount(mnt);
+                if top_mount_device(mnt) != before {
+                    umount(mnt);
+                }
                 return Err("plyfs did not mount within 20s".into());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -232,6 +281,13 @@ impl PlyfsMount {
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether the daemon has exited (it does once its mount is gone).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// The daemon's pid.
@@ -257,13 +313,12 @@ impl PlyfsMount {
                 break Some(s);
             }
             if Instant::now() > deadline {
-                umount(&self.mnt);
                 let _ = child.kill();
                 break child.wait().ok();
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        if is_mounted(&self.mnt) {
+        if self.device.is_some() && top_mount_device(&self.mnt) == self.device {
             umount(&self.mnt);
         }
         status

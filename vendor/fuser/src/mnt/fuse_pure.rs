@@ -57,6 +57,10 @@ pub(crate) struct MountImpl {
     mountpoint: CString,
     auto_unmount_socket: Option<UnixStream>,
     fuse_device: Arc<DevFuse>,
+    /// Device number (major, minor) of this mount, read from mountinfo
+    /// right after mounting (plyfs patch): unmounting by path must only
+    /// ever detach this mount, never one below or on top of it.
+    device: Option<(u32, u32)>,
 }
 impl MountImpl {
     pub(crate) fn new(
@@ -67,12 +71,15 @@ impl MountImpl {
         let mountpoint = mountpoint.canonicalize()?;
         let (file, sock) = fuse_mount_pure(mountpoint.as_os_str(), options, acl)?;
         let file = Arc::new(file);
+        let device = crate::mnt::mountinfo::top_mount(mountpoint.as_os_str().as_bytes())
+            .map(|m| m.device);
         Ok((
             file.clone(),
             MountImpl {
                 mountpoint: CString::new(mountpoint.as_os_str().as_bytes())?,
                 auto_unmount_socket: sock,
                 fuse_device: file,
+                device,
             },
         ))
     }
@@ -83,6 +90,22 @@ impl MountImpl {
             // Unmounting it a second time could cause a race with a newly mounted filesystem
             // living at the same mountpoint
             return Ok(());
+        }
+        // plyfs patch: unmount by path only while the mount on top at the
+        // path is this one (stacked mounts, a mount below ours).
+        if let Some(dev) = self.device {
+            use crate::mnt::mountinfo;
+            let path = self.mountpoint.as_bytes();
+            match mountinfo::top_mount(path) {
+                Some(top) if top.device == dev => {}
+                _ if !mountinfo::has_device(path, dev) => return Ok(()),
+                _ => {
+                    return Err(io::Error::new(
+                        ErrorKind::ResourceBusy,
+                        "another mount covers this one at its mountpoint",
+                    ));
+                }
+            }
         }
         if let Some(sock) = mem::take(&mut self.auto_unmount_socket) {
             drop(sock);
@@ -95,6 +118,9 @@ impl MountImpl {
                 // library go through the setuid-root "fusermount -u" to unmount.
                 fuse_unmount_pure(&self.mountpoint);
                 return Ok(());
+            } else if err == nix::errno::Errno::EBUSY {
+                // plyfs patch: a busy mount is detached lazily.
+                nix::mount::umount2(self.mountpoint.as_c_str(), nix::mount::MntFlags::MNT_DETACH)?;
             } else {
                 return Err(err.into());
             }

@@ -13,6 +13,8 @@ mod fuse3_sys;
 
 #[cfg(fuser_mount_impl = "pure-rust")]
 mod fuse_pure;
+#[cfg(fuser_mount_impl = "pure-rust")]
+pub(crate) mod mountinfo;
 pub(crate) mod mount_options;
 
 use std::io;
@@ -207,9 +209,12 @@ fn is_mounted(fuse_device: &DevFuse) -> bool {
         let res = poll(slice::from_mut(&mut poll_fd), PollTimeout::ZERO);
         break match res {
             Ok(0) => true,
+            // plyfs patch: POLLERR means the connection is gone (the kernel
+            // unmounted it); upstream had this inverted and unmounted by
+            // path a second time, taking whatever lay below with it.
             Ok(1) => poll_fd
                 .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLERR)),
+                .is_some_and(|r| !r.contains(PollFlags::POLLERR)),
             Ok(_) => unreachable!(),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => {
