@@ -38,12 +38,17 @@ Examples:
   mount -t fuse.plyfs overlay /c/merged -o lowerdir=...,upperdir=...,workdir=...
 ";
 
+/// Mount options, examples, then the subcommands.
+fn after_help() -> String {
+    format!("{AFTER_HELP}\n{}", crate::cmd::summary())
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "plyfs",
     version,
     about = "A userspace union filesystem, interchangeable with kernel overlayfs",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct Cli {
     /// Stay in the foreground

@@ -10,6 +10,7 @@
 
 pub mod attr;
 pub mod cli;
+pub mod cmd;
 pub mod copyup;
 pub mod daemon;
 pub mod fdcache;
@@ -20,6 +21,7 @@ pub mod hardlinks;
 pub mod idmap;
 pub mod ino;
 pub mod inval;
+pub mod layer;
 pub mod listing;
 pub mod lower;
 pub mod names;

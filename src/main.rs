@@ -5,7 +5,11 @@ use clap::Parser;
 use clap::error::ErrorKind;
 
 fn main() {
-    let cli = match plyfs::cli::Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if plyfs::cmd::is_subcommand(&args) {
+        std::process::exit(plyfs::cmd::main(args));
+    }
+    let cli = match plyfs::cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         // --help and --version print and succeed.
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
