@@ -6,10 +6,15 @@
 //! users), so cached descriptors are counted against a budget and evicted
 //! with a clock sweep; an evicted directory is reopened from its parent by
 //! name (one component, `O_NOFOLLOW`) and checked against its inode number.
+//!
+//! A directory whose children have cached descriptors is not evicted: a
+//! reopen then never has to walk down more than one level, even in trees
+//! deeper than the budget (which may be exceeded by the depth of the
+//! deepest directory in use, no more).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -22,6 +27,11 @@ pub trait FdHolder: Send + Sync {
 static BUDGET: AtomicUsize = AtomicUsize::new(8192);
 static CACHED: AtomicUsize = AtomicUsize::new(0);
 static SWEEPING: AtomicBool = AtomicBool::new(false);
+/// Beyond this many descriptors even directories protected by cached
+/// children are evicted: the process must keep room for open files.
+static CEILING: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// How many descriptors the last sweep left cached.
+static SWEPT_TO: AtomicUsize = AtomicUsize::new(0);
 static QUEUE: Mutex<VecDeque<Weak<dyn FdHolder>>> = Mutex::new(VecDeque::new());
 
 /// Most descriptors the cache holds, however high the open-file limit:
@@ -32,7 +42,9 @@ pub const MAX_BUDGET: usize = 4096;
 /// Sets the budget from the open-file limit: at most three quarters of it
 /// (the rest is for open files), and at most [`MAX_BUDGET`].
 pub fn set_budget_from_limit(limit: u64) {
-    set_budget((limit as usize / 4 * 3).saturating_sub(256).min(MAX_BUDGET));
+    let most = (limit as usize / 4 * 3).saturating_sub(256);
+    CEILING.store(most.max(64), Ordering::Relaxed);
+    set_budget(most.min(MAX_BUDGET));
 }
 
 /// Sets how many descriptors the cache may hold.
@@ -49,14 +61,34 @@ pub fn cached() -> usize {
     CACHED.load(Ordering::Relaxed)
 }
 
+/// A cached descriptor and the holder of its parent directory's slot.
+struct Cached {
+    fd: Arc<OwnedFd>,
+    parent: Option<Weak<dyn FdHolder>>,
+}
+
 /// One cached descriptor. Pinned slots (layer roots) are never evicted and
 /// not counted.
 pub struct FdSlot {
-    fd: Mutex<Option<Arc<OwnedFd>>>,
+    fd: Mutex<Option<Cached>>,
     used: AtomicBool,
     pinned: bool,
     /// A descriptor was cached once (later opens are reopens to verify).
     filled_once: AtomicBool,
+    /// Cached descriptors of children filled under this one.
+    kids: AtomicU32,
+}
+
+/// Gives a slot's descriptor up: the count, the parent's protection.
+fn release(c: Cached, pinned: bool) {
+    if !pinned {
+        CACHED.fetch_sub(1, Ordering::Relaxed);
+    }
+    if let Some(p) = c.parent.and_then(|w| w.upgrade()) {
+        p.slot().kids.fetch_sub(1, Ordering::Relaxed);
+    }
+    // Closing happens here, outside the slot's lock.
+    drop(c.fd);
 }
 
 impl Default for FdSlot {
@@ -72,21 +104,23 @@ impl FdSlot {
             used: AtomicBool::new(false),
             pinned: false,
             filled_once: AtomicBool::new(false),
+            kids: AtomicU32::new(0),
         }
     }
 
     pub fn pinned(fd: Arc<OwnedFd>) -> FdSlot {
         FdSlot {
-            fd: Mutex::new(Some(fd)),
+            fd: Mutex::new(Some(Cached { fd, parent: None })),
             used: AtomicBool::new(true),
             pinned: true,
             filled_once: AtomicBool::new(true),
+            kids: AtomicU32::new(0),
         }
     }
 
     /// The cached descriptor, if any; marks the slot recently used.
     pub fn get(&self) -> Option<Arc<OwnedFd>> {
-        let fd = self.fd.lock().clone();
+        let fd = self.fd.lock().as_ref().map(|c| c.fd.clone());
         if fd.is_some() && !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
@@ -94,15 +128,32 @@ impl FdSlot {
     }
 
     /// Caches `fd` unless another thread was faster; returns the cached one.
-    /// `holder` is the owner of this slot, so the sweep can find it later.
-    pub fn fill(&self, fd: OwnedFd, holder: Weak<dyn FdHolder>) -> Arc<OwnedFd> {
+    /// `holder` is the owner of this slot, so the sweep can find it later;
+    /// `parent` the holder of the directory `fd` was opened in, which stays
+    /// cached while this one is.
+    pub fn fill(
+        &self,
+        fd: OwnedFd,
+        holder: Weak<dyn FdHolder>,
+        parent: Option<Weak<dyn FdHolder>>,
+    ) -> Arc<OwnedFd> {
         let fd = {
             let mut g = self.fd.lock();
             if let Some(existing) = g.as_ref() {
-                return existing.clone();
+                return existing.fd.clone();
             }
             let fd = Arc::new(fd);
-            *g = Some(fd.clone());
+            let parent = parent.filter(|w| match w.upgrade() {
+                Some(p) => {
+                    p.slot().kids.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            });
+            *g = Some(Cached {
+                fd: fd.clone(),
+                parent,
+            });
             fd
         };
         self.used.store(true, Ordering::Relaxed);
@@ -120,7 +171,10 @@ impl FdSlot {
                     q.retain(|w| w.strong_count() > 0);
                 }
             }
-            if n > budget() {
+            // When the sweep could not get below the budget (directories
+            // protected by their cached children), wait for another eighth
+            // of it before sweeping again: each sweep walks the queue.
+            if n > budget().max(SWEPT_TO.load(Ordering::Relaxed) + budget() / 8) {
                 sweep();
             }
         }
@@ -136,25 +190,26 @@ impl FdSlot {
     /// Replaces the cached descriptor (after the object was recreated).
     pub fn clear(&self) {
         let old = self.fd.lock().take();
-        if old.is_some() && !self.pinned {
-            CACHED.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = old {
+            release(c, self.pinned);
         }
-        drop(old);
     }
 
     fn evict_if_unused(&self) -> bool {
         if self.pinned {
             return false;
         }
+        let crowded = CACHED.load(Ordering::Relaxed) > CEILING.load(Ordering::Relaxed);
+        if self.kids.load(Ordering::Relaxed) > 0 && !crowded {
+            return false;
+        }
         if self.used.swap(false, Ordering::Relaxed) {
             return false;
         }
         let old = self.fd.lock().take();
-        if old.is_some() {
-            CACHED.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = old {
+            release(c, false);
         }
-        // Closing happens here, outside every lock.
-        drop(old);
         true
     }
 
@@ -165,8 +220,8 @@ impl FdSlot {
 
 impl Drop for FdSlot {
     fn drop(&mut self) {
-        if !self.pinned && self.fd.get_mut().is_some() {
-            CACHED.fetch_sub(1, Ordering::Relaxed);
+        if let Some(c) = self.fd.get_mut().take() {
+            release(c, self.pinned);
         }
     }
 }
@@ -198,6 +253,7 @@ fn sweep() {
         // `holder` may be the last reference: drop it outside the queue lock.
         drop(holder);
     }
+    SWEPT_TO.store(CACHED.load(Ordering::Relaxed), Ordering::Relaxed);
     SWEEPING.store(false, Ordering::Release);
 }
 
@@ -221,7 +277,7 @@ mod tests {
         for _ in 0..20_000 {
             let h = Arc::new(H(FdSlot::empty()));
             let w: Weak<dyn FdHolder> = Arc::downgrade(&h) as Weak<dyn FdHolder>;
-            h.0.fill(devnull(), w);
+            h.0.fill(devnull(), w, None);
         }
         let len = QUEUE.lock().len();
         assert!(len < 4096, "queue keeps {len} dead entries");
@@ -233,7 +289,7 @@ mod tests {
         let holders: Vec<Arc<H>> = (0..400).map(|_| Arc::new(H(FdSlot::empty()))).collect();
         for h in &holders {
             let w: Weak<dyn FdHolder> = Arc::downgrade(h) as Weak<dyn FdHolder>;
-            h.0.fill(devnull(), w);
+            h.0.fill(devnull(), w, None);
         }
         let filled = holders.iter().filter(|h| h.0.is_filled()).count();
         assert!(filled <= 64 + 1, "filled {filled}");

@@ -148,7 +148,7 @@ impl Plyfs {
         if let Some(u) = &self.upper {
             let weak: Weak<dyn FdHolder> = Arc::downgrade(&node) as Weak<dyn FdHolder>;
             let fd = sys::fs::dup(u.root.as_fd())?;
-            node.upper_fd.fill(fd, weak);
+            node.upper_fd.fill(fd, weak, None);
         }
         Ok(node)
     }
@@ -194,11 +194,11 @@ impl Plyfs {
         }
         // Directories have exactly one name: walk up to the nearest cached
         // ancestor, remembering the names on the way.
-        let mut chain: Vec<(Arc<Node>, Name)> = Vec::new();
+        let mut chain: Vec<(Arc<Node>, Name, Arc<Node>)> = Vec::new();
         let mut cur = node.clone();
         let mut fd = loop {
             let (parent, name) = self.parent_of(&cur)?;
-            chain.push((cur, name));
+            chain.push((cur, name, parent.clone()));
             if let Some(fd) = parent.upper_fd.get() {
                 break fd;
             }
@@ -212,8 +212,8 @@ impl Plyfs {
             }
             cur = parent;
         };
-        while let Some((dir, name)) = chain.pop() {
-            fd = self.reopen_upper_dir(&dir, &fd, &name)?;
+        while let Some((dir, name, parent)) = chain.pop() {
+            fd = self.reopen_upper_dir(&dir, &fd, &name, &parent)?;
         }
         Ok(fd)
     }
@@ -225,6 +225,7 @@ impl Plyfs {
         node: &Arc<Node>,
         pfd: &OwnedFd,
         name: &Name,
+        parent: &Arc<Node>,
     ) -> Result<Arc<OwnedFd>> {
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         if node.upper_fd.filled_once() {
@@ -235,7 +236,8 @@ impl Plyfs {
             }
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
-        Ok(node.upper_fd.fill(fd, weak))
+        let pweak: Weak<dyn FdHolder> = Arc::downgrade(parent) as Weak<dyn FdHolder>;
+        Ok(node.upper_fd.fill(fd, weak, Some(pweak)))
     }
 
     /// Parent upper directory and name of a node's upper object. Names of

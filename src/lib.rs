@@ -33,6 +33,7 @@ pub mod override_stat;
 pub mod ovl_xattr;
 pub mod rdplus;
 pub mod resolve;
+pub mod rmtree;
 pub mod setup;
 pub mod stats;
 pub mod sys;

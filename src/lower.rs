@@ -160,7 +160,11 @@ impl LowerObj {
             return Err(Errno::ESTALE);
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(self) as Weak<dyn FdHolder>;
-        Ok(self.fd.fill(fd, weak))
+        let parent = self
+            .parent
+            .as_ref()
+            .map(|p| Arc::downgrade(p) as Weak<dyn FdHolder>);
+        Ok(self.fd.fill(fd, weak, parent))
     }
 
     /// The parent directory descriptor and name through which this object is

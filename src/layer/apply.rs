@@ -29,7 +29,6 @@ use std::path::Path;
 
 use crate::layer::dirchain::DirChain;
 use crate::layer::meta::{self, Ids};
-use crate::layer::rmtree;
 use crate::layer::tar::{Header, Kind, Reader};
 use crate::names::Name;
 use crate::ovl_xattr::{self, Prefix};
@@ -345,7 +344,7 @@ impl Apply<'_> {
         }
         let was_whiteout = self.is_whiteout(top, n, &st)?;
         if st.is_dir() {
-            rmtree::remove_tree(top, n)?;
+            crate::rmtree::remove_tree(top, n.as_cstr())?;
         } else {
             sys::fs::unlinkat(top, n.as_cstr(), false)?;
         }

@@ -7,5 +7,4 @@ pub mod diff;
 pub mod dirchain;
 pub mod lowers;
 pub mod meta;
-pub mod rmtree;
 pub mod tar;

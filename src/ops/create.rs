@@ -20,10 +20,10 @@ use crate::ops::Caller;
 use crate::ops::fileattr::Change;
 use crate::ovl_xattr;
 use crate::resolve::Found;
+use crate::rmtree::remove_tree;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Held;
 use crate::whiteout;
-use crate::workdir::remove_tree;
 
 /// What to create.
 pub enum NewObject<'a> {

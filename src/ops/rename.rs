@@ -149,7 +149,7 @@ impl Plyfs {
                         // Only whiteouts can be left in it: clear them so the
                         // rename may replace it.
                         let dfd = sys::fs::open_dir_path(npfd.as_fd(), newname.as_cstr())?;
-                        crate::workdir::clean_dir(dfd.as_fd())?;
+                        crate::rmtree::clean_dir(dfd.as_fd())?;
                     }
                 }
                 // A lower-only target is simply covered by the source.
