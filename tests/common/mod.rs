@@ -326,9 +326,16 @@ impl PlyfsMount {
 }
 
 impl Drop for PlyfsMount {
+    /// Unmounts, then fails the test if the daemon panicked at any point
+    /// (a panic on a request path is a bug even when the test's own checks
+    /// passed), unless the test is already failing.
     fn drop(&mut self) {
         self.stop();
+        let log = self.log();
         let _ = std::fs::remove_file(&self.stderr_path);
+        if log.contains("panicked") && !std::thread::panicking() {
+            panic!("plyfs panicked during the test:\n{log}");
+        }
     }
 }
 
