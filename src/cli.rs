@@ -79,8 +79,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
 
-    /// [SOURCE] MOUNTPOINT
-    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    #[arg(
+        value_name = "[SOURCE] MOUNTPOINT",
+        num_args = 1..=2,
+        required = true,
+        help = "[SOURCE] MOUNTPOINT"
+    )]
     pub paths: Vec<OsString>,
 }
 

@@ -3,7 +3,7 @@
 //! The mount syntax (`plyfs [-f] [-d] -o ... MNT`, `plyfs SOURCE MNT -o ...`)
 //! stays as it is: `main.rs` asks [`is_subcommand`] about the command line
 //! and only then hands it to this parser. To add a subcommand: a module
-//! here with its clap `Args` and `run`, a variant in [`Command`] and its
+//! here with its clap `Args` and `run`, a variant in `Command` and its
 //! arm in [`main`], and a row in [`TABLE`] (a test checks the two agree).
 
 use std::ffi::OsString;
