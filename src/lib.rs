@@ -43,5 +43,6 @@ pub mod stats;
 pub mod sys;
 pub mod table;
 pub mod tuning;
+pub mod version;
 pub mod whiteout;
 pub mod workdir;

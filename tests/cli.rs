@@ -1417,3 +1417,35 @@ fn unprivileged_allow_other_is_refused_clearly() {
     assert!(!line.contains("/dev/fuse ("), "blames /dev/fuse: {line:?}");
     assert!(!l.work.join("work").exists(), "work/work created");
 }
+
+/// Every option README's table lists is in `plyfs --help` too.
+#[test]
+fn help_lists_every_option_of_the_readme() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("### Options")
+        .nth(1)
+        .expect("README has an options table");
+    let out = run(plyfs(["--help"]));
+    let help = out.stdout;
+    let mut checked = 0;
+    for row in table.lines().skip_while(|l| !l.starts_with("| `")) {
+        if !row.starts_with('|') {
+            break;
+        }
+        let first = row.split('|').nth(1).unwrap_or("");
+        if row.contains("accepted and ignored") {
+            continue;
+        }
+        for tok in first.split('`').skip(1).step_by(2) {
+            let key = tok.split('=').next().unwrap_or(tok);
+            assert!(
+                help.contains(key),
+                "README lists option {tok:?}, plyfs --help does not mention {key:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} options found in README");
+}

@@ -43,6 +43,15 @@ pub use crate::ll::flags::ioctl_flags::IoctlFlags;
 pub use crate::ll::flags::poll_flags::PollFlags;
 pub use crate::ll::flags::write_flags::WriteFlags;
 pub use crate::ll::fuse_abi::consts;
+
+/// The FUSE protocol version this crate speaks (major, minor) (plyfs patch,
+/// for `plyfs --version`).
+pub fn protocol_version() -> (u32, u32) {
+    (
+        crate::ll::fuse_abi::FUSE_KERNEL_VERSION,
+        crate::ll::fuse_abi::FUSE_KERNEL_MINOR_VERSION,
+    )
+}
 pub use crate::ll::request::FileHandle;
 pub use crate::ll::request::INodeNo;
 pub use crate::ll::request::LockOwner;
