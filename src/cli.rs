@@ -29,6 +29,9 @@ Mount options (-o, comma separated):
   timeout=SECONDS     kernel cache timeout for names and attributes
   threads=N           worker threads (default: one per CPU)
   passthrough=on|off, writeback=on|off   I/O modes (default: automatic)
+  uring=auto|on|off   FUSE over io_uring (Linux 6.14+, enable_uring=Y): auto uses
+                      it when the kernel offers it, on fails the mount otherwise
+                      (default: $PLYFS_URING, else auto)
   allow_other, allow_root, default_permissions, auto_unmount, fsname=, subtype=
   ro, nodev, nosuid, noexec, noatime, sync, dirsync
 Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..., private, ...
@@ -108,6 +111,9 @@ impl Cli {
         }
         if self.single_threaded {
             o.threads = Some(1);
+        }
+        if o.uring.is_none() {
+            o.uring = crate::options::Uring::from_env()?;
         }
         let (source, mountpoint) = match self.paths.as_slice() {
             [m] => (None, m.clone()),

@@ -216,6 +216,7 @@ fn serve(
         }
     };
     let config = mount_config(&req.options, &req.source, fs.read_only());
+    fs.io.set_uring(req.options.uring.unwrap_or_default());
     let mut session = match fuser::Session::new(FuseFs { fs: fs.clone() }, &req.mountpoint, &config)
     {
         Ok(s) => s,
@@ -225,6 +226,10 @@ fn serve(
             return Err(msg);
         }
     };
+    if let Err(msg) = crate::tuning::check_transport(&fs, &session) {
+        report(&mut pipe, msg.as_bytes());
+        return Err(msg);
+    }
     log::info!(
         "mounted {} with {} lower layer(s){}",
         req.mountpoint.display(),
@@ -275,8 +280,10 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     crate::fdcache::set_budget((limit as usize / 4 * 3).saturating_sub(256));
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
-    let session = fuser::Session::new(FuseFs { fs }, &req.mountpoint, &config)
+    fs.io.set_uring(req.options.uring.unwrap_or_default());
+    let session = fuser::Session::new(FuseFs { fs: fs.clone() }, &req.mountpoint, &config)
         .map_err(|e| mount_error(&e))?;
+    crate::tuning::check_transport(&fs, &session)?;
     session
         .spawn()
         .map_err(|e| format!("cannot start the session: {e}"))
