@@ -5,7 +5,8 @@
 //!
 //!   --list               list the workloads and exit
 //!   --only W1,W2         run only these workloads (names from --list)
-//!   --systems S1,S2      plyfs, kernel, fuse-overlayfs (default: all available)
+//!   --systems S1,S2      plyfs, kernel, fuse-overlayfs (default: all available);
+//!                        also plyfs-uring / plyfs-devfuse: plyfs with uring=on / off
 //!   --reps N             repetitions per workload and system (default 3; 1 with --quick)
 //!   --quick              small tree (/usr/include only, 256 MiB big file, fewer files)
 //!   --dir PATH           where the layer tree is cached (default /var/tmp/plyfs-bench)
@@ -74,6 +75,9 @@ enum System {
     Kernel,
     Plyfs,
     FuseOverlayfs,
+    /// plyfs with `uring=on` (needs enable_uring=Y) / `uring=off`.
+    PlyfsUring,
+    PlyfsDevFuse,
 }
 
 impl System {
@@ -82,6 +86,8 @@ impl System {
             System::Kernel => "kernel",
             System::Plyfs => "plyfs",
             System::FuseOverlayfs => "fuse-overlayfs",
+            System::PlyfsUring => "plyfs-uring",
+            System::PlyfsDevFuse => "plyfs-devfuse",
         }
     }
 
@@ -90,6 +96,8 @@ impl System {
             "kernel" | "overlay" | "overlayfs" => Some(System::Kernel),
             "plyfs" => Some(System::Plyfs),
             "fuse-overlayfs" | "fuse" => Some(System::FuseOverlayfs),
+            "plyfs-uring" => Some(System::PlyfsUring),
+            "plyfs-devfuse" => Some(System::PlyfsDevFuse),
             _ => None,
         }
     }
@@ -1305,7 +1313,12 @@ fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounte
     if is_mounted(&dirs.mnt) {
         umount(&dirs.mnt, libc::MNT_DETACH);
     }
-    let opts = dirs.options(tree);
+    let mut opts = dirs.options(tree);
+    match sys {
+        System::PlyfsUring => opts.push_str(",uring=on"),
+        System::PlyfsDevFuse => opts.push_str(",uring=off"),
+        _ => {}
+    }
     if sys == System::Kernel {
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
@@ -1322,10 +1335,10 @@ fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounte
             mnt: dirs.mnt.clone(),
         });
     }
-    let bin = if sys == System::Plyfs {
-        &bins.plyfs
-    } else {
+    let bin = if sys == System::FuseOverlayfs {
         &bins.fuse_overlayfs
+    } else {
+        &bins.plyfs
     };
     let log = dirs.logs.join(format!("{}.log", sys.name()));
     let logf = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -1968,13 +1981,19 @@ fn real_main(cfg: &Config, sizes: &Sizes, selected: &[&Workload]) -> Result<(), 
         .unwrap_or_else(|| vec![System::Kernel, System::Plyfs, System::FuseOverlayfs]);
     let explicit = cfg.systems.is_some();
     let mut sys_versions: Vec<(System, String)> = Vec::new();
-    for s in [System::Kernel, System::Plyfs, System::FuseOverlayfs] {
+    for s in [
+        System::Kernel,
+        System::Plyfs,
+        System::FuseOverlayfs,
+        System::PlyfsDevFuse,
+        System::PlyfsUring,
+    ] {
         if !wanted.contains(&s) {
             continue;
         }
         let (ok, why, version) = match s {
             System::Kernel => (root, "kernel overlayfs needs root", kernel.clone()),
-            System::Plyfs => (
+            System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse => (
                 bins.plyfs.exists(),
                 "plyfs binary not found (set PLYFS_BIN or cargo build --release)",
                 plyfs_version.clone().unwrap_or_default(),

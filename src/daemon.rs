@@ -174,6 +174,7 @@ fn mount_config(o: &MountOptions, source: &Option<String>, read_only: bool) -> f
             .unwrap_or(2)
     }));
     cfg.clone_fd = true;
+    crate::tuning::ring_threads(&mut cfg);
     cfg
 }
 
