@@ -27,7 +27,8 @@
 //!   rewritten files, new files, kernel 0/0 whiteouts over files and a
 //!   directory, an opaque directory; `top` = a few more of each. The tree is
 //!   reused until `--rebuild` or until it is missing/incomplete.
-//! * For every workload, repetition and system (interleaved: A1 B1 C1 A2 ...)
+//! * For every workload, repetition and system (interleaved, every other
+//!   repetition in reverse: A1 B1 C1 C2 B2 A2 A3 ...)
 //!   it mounts the same lowers with a fresh upper/work, drops the page, dentry
 //!   and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`; root only)
 //!   unless the workload is a warm one (then it runs once untimed first),
@@ -2089,7 +2090,15 @@ fn real_main(cfg: &Config, sizes: &Sizes, selected: &[&Workload]) -> Result<(), 
             })
             .collect();
         for rep in 1..=cfg.reps {
-            for (i, &sys) in systems.iter().enumerate() {
+            // Every other repetition in reverse order (A1 B1 B2 A2 A3 ...):
+            // effects that alternate from one run to the next (the upper's
+            // freed blocks on this VM disk alternate fast and slow copy-ups)
+            // would otherwise always hit the same system.
+            let mut order: Vec<(usize, System)> = systems.iter().copied().enumerate().collect();
+            if rep % 2 == 0 {
+                order.reverse();
+            }
+            for (i, sys) in order {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     cells.push(row);
                     break 'outer;

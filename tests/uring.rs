@@ -475,26 +475,33 @@ fn uring_refused_registration_auto_falls_back_and_on_fails() {
     ) else {
         return;
     };
-    // fuser's test hook registers with a queue id the kernel rejects
-    // (EINVAL), which is how the kernel is told to stay on /dev/fuse.
-    let env = [("FUSER_URING_TEST_FAIL", "register")];
-    let l = layers_for_workload();
-    assert_on_fails(&l, &env, "the kernel refused the ring registration");
-    let mount = start(&l, "uring=auto", &env).unwrap();
-    assert!(
-        mount.log().contains("transport: /dev/fuse"),
-        "{}",
-        mount.log()
-    );
-    assert!(
-        !mount.log().contains("WARN") && !mount.log().contains("ERROR"),
-        "auto falls back silently: {}",
-        mount.log()
-    );
-    // Requests are not held back waiting for a ring (they would hang).
-    workload(&l);
-    // The threads that did register are gone.
-    assert!(ring_threads(mount.pid()).is_empty());
+    // fuser's test hooks: `register` registers with a queue id the kernel
+    // rejects (EINVAL), which is how the kernel is told to stay on
+    // /dev/fuse; `setup` fails before the INIT reply (as a seccomp filter
+    // or kernel.io_uring_disabled would), so io_uring is never promised.
+    for (hook, why) in [
+        ("register", "the kernel refused the ring registration"),
+        ("setup", "cannot create an io_uring"),
+    ] {
+        let env = [("FUSER_URING_TEST_FAIL", hook)];
+        let l = layers_for_workload();
+        assert_on_fails(&l, &env, why);
+        let mount = start(&l, "uring=auto", &env).unwrap();
+        assert!(
+            mount.log().contains("transport: /dev/fuse"),
+            "{}",
+            mount.log()
+        );
+        assert!(
+            !mount.log().contains("WARN") && !mount.log().contains("ERROR"),
+            "auto falls back silently: {}",
+            mount.log()
+        );
+        // Requests are not held back waiting for a ring (they would hang).
+        workload(&l);
+        // The threads that did register are gone.
+        assert!(ring_threads(mount.pid()).is_empty());
+    }
 }
 
 /// Rootless: a daemon in a new user namespace (`unshare -Urm`, no

@@ -326,7 +326,7 @@ impl<FS: Filesystem> Session<FS> {
                 thread::Builder::new()
                     .name(thread_name.clone())
                     .spawn(move || {
-                        let guard = DoneGuard(Some((thread_name, done)));
+                        let guard = DoneGuard::new(thread_name, done);
                         let res = event_loop.event_loop();
                         guard.finish(res);
                     })?,
@@ -621,10 +621,14 @@ impl SessionUnmounter {
 pub(crate) type DoneSender = std::sync::mpsc::Sender<(String, io::Result<()>)>;
 
 /// Reports a thread's end to `Session::run`, also when it panics.
-struct DoneGuard(Option<(String, DoneSender)>);
+pub(crate) struct DoneGuard(Option<(String, DoneSender)>);
 
 impl DoneGuard {
-    fn finish(mut self, res: io::Result<()>) {
+    pub(crate) fn new(name: String, done: DoneSender) -> DoneGuard {
+        DoneGuard(Some((name, done)))
+    }
+
+    pub(crate) fn finish(mut self, res: io::Result<()>) {
         if let Some((name, tx)) = self.0.take() {
             let _ = tx.send((name, res));
         }

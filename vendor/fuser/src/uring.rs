@@ -421,8 +421,16 @@ impl<FS: Filesystem> Pool<FS> {
         if queues > qid_max {
             return Err(format!("{queues} CPUs"));
         }
-        let fail_register = std::env::var_os("FUSER_URING_TEST_FAIL")
-            .is_some_and(|v| v.as_encoded_bytes() == b"register");
+        // Test hook: fail the ring setup, or have the kernel refuse the
+        // registration.
+        let fail = std::env::var_os("FUSER_URING_TEST_FAIL");
+        if fail
+            .as_ref()
+            .is_some_and(|v| v.as_encoded_bytes() == b"setup")
+        {
+            return Err("cannot create an io_uring: refused by FUSER_URING_TEST_FAIL".into());
+        }
+        let fail_register = fail.is_some_and(|v| v.as_encoded_bytes() == b"register");
         let mut pool = Pool {
             workers: Vec::new(),
             queues,
@@ -624,7 +632,7 @@ fn queue_thread<FS: Filesystem>(
                 let _ = report.send(q.poison().map_err(|e| e.to_string()));
             }
             Ok(Ctl::Start(start)) => {
-                let done = start.done.clone();
+                let guard = crate::session::DoneGuard::new(name.clone(), start.done);
                 let se = SessionEventLoop {
                     thread_name: name.clone(),
                     ch: q.dev.clone(),
@@ -639,7 +647,7 @@ fn queue_thread<FS: Filesystem>(
                 // The ring closes before the session learns we are done.
                 drop(q);
                 drop(se);
-                let _ = done.send((name, r));
+                guard.finish(r);
                 return;
             }
             Err(_) => return,
@@ -690,7 +698,8 @@ impl Queue {
         let entries = u32::try_from(depth + 1).map_err(io::Error::other)?;
         let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
             .setup_cqsize(entries * 2)
-            .build(entries)?;
+            .build(entries)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create an io_uring: {e}")))?;
         let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         let wake = Arc::new(Wake {
             efd,
