@@ -229,6 +229,7 @@ fn serve(
     };
     if let Err(msg) = crate::tuning::check_transport(&fs, &session) {
         report(&mut pipe, msg.as_bytes());
+        abandon(&mut session, &req.mountpoint);
         return Err(msg);
     }
     log::info!(
@@ -282,12 +283,24 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
     fs.io.set_uring(req.options.uring.unwrap_or_default());
-    let session = fuser::Session::new(FuseFs { fs: fs.clone() }, &req.mountpoint, &config)
+    let mut session = fuser::Session::new(FuseFs { fs: fs.clone() }, &req.mountpoint, &config)
         .map_err(|e| mount_error(&e))?;
-    crate::tuning::check_transport(&fs, &session)?;
+    if let Err(msg) = crate::tuning::check_transport(&fs, &session) {
+        abandon(&mut session, &req.mountpoint);
+        return Err(msg);
+    }
     session
         .spawn()
         .map_err(|e| format!("cannot start the session: {e}"))
+}
+
+/// Unmounts a mount given up before serving: a request may already wait in
+/// it (a plain unmount then fails with EBUSY), so detach it; the session's
+/// end then fails that request.
+fn abandon<F: fuser::Filesystem>(session: &mut fuser::Session<F>, mountpoint: &Path) {
+    if session.unmount().is_err() {
+        lazy_unmount(mountpoint);
+    }
 }
 
 fn lazy_unmount(mountpoint: &Path) {

@@ -420,7 +420,21 @@ fn uring_auto_uses_the_rings_when_offered_and_off_never() {
 /// `uring=on` that cannot get io_uring: one line, exit 1, nothing mounted;
 /// in the foreground and daemonized.
 fn assert_on_fails(l: &Layers, env: &[(&str, &str)], why: &str) {
-    let err = match start(l, "uring=on", env) {
+    // Someone stats the mount point meanwhile: a request waiting in the
+    // abandoned mount must not keep it mounted (regression: EBUSY left a
+    // dead mount behind).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let err = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::metadata(l.mnt.join("big"));
+            }
+        });
+        let r = start(l, "uring=on", env);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let err = match err {
         Ok(_) => panic!("uring=on mounted without io_uring"),
         Err(e) => e,
     };
