@@ -37,6 +37,9 @@ Mount options (-o, comma separated):
   passthrough=on|all|off   kernel passthrough (root): upper files (on, default), also lower
                       files opened read-only (all), or none (off)
   writeback=on|off    kernel writeback cache when not passing through (default on)
+  uring=auto|on|off   FUSE over io_uring (Linux 6.14+, enable_uring=Y): auto uses
+                      it when the kernel offers it, on fails the mount otherwise
+                      (default: $PLYFS_URING, else auto)
   allow_other, allow_root, default_permissions, auto_unmount, fsname=, subtype=
   ro, nodev, nosuid, noexec, noatime, sync, dirsync
 Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..., private, ...
@@ -148,6 +151,9 @@ impl Cli {
         }
         if self.single_threaded {
             o.threads = Some(1);
+        }
+        if o.uring.is_none() {
+            o.uring = crate::options::Uring::from_env()?;
         }
         let (source, mountpoint) = match self.paths.as_slice() {
             [m] => (None, m.clone()),
