@@ -29,7 +29,7 @@ pub struct ManArgs {
 /// Print shell completions on stdout
 ///
 /// bash: plyfs completions bash > /etc/bash_completion.d/plyfs
-/// zsh: plyfs completions zsh > "${fpath[1]}/_plyfs"
+/// zsh: plyfs completions zsh > /usr/local/share/zsh/site-functions/_plyfs
 /// fish: plyfs completions fish > ~/.config/fish/completions/plyfs.fish
 pub struct CompletionsArgs {
     /// The shell
