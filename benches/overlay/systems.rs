@@ -1,0 +1,230 @@
+//! Mounting kernel overlayfs, plyfs and fuse-overlayfs with a guard.
+
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+// ---------------------------------------------------------------------------
+// Mounts
+
+/// Where each run's upper, work and mount point live; reset per run.
+pub(crate) struct RunDirs {
+    pub(crate) upper: PathBuf,
+    pub(crate) work: PathBuf,
+    pub(crate) mnt: PathBuf,
+    pub(crate) logs: PathBuf,
+}
+
+impl RunDirs {
+    pub(crate) fn new(bench_dir: &Path) -> Result<RunDirs, String> {
+        let root = bench_dir.join("runs");
+        // Detach anything a killed run left mounted here.
+        for (mp, _) in mounts() {
+            if mp.starts_with(&root) {
+                eprintln!("detaching stale mount {}", mp.display());
+                umount(&mp, libc::MNT_DETACH);
+            }
+        }
+        let d = RunDirs {
+            upper: root.join("upper"),
+            work: root.join("work"),
+            mnt: root.join("mnt"),
+            logs: root.join("logs"),
+        };
+        for p in [&d.mnt, &d.logs] {
+            fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+        }
+        Ok(d)
+    }
+
+    pub(crate) fn reset(&self) -> Result<(), String> {
+        for p in [&self.upper, &self.work] {
+            if p.exists() {
+                fs::remove_dir_all(p).map_err(|e| format!("clean {}: {e}", p.display()))?;
+            }
+            fs::create_dir(p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn options(&self, tree: &Tree) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tree.lowerdir(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+}
+
+/// A mounted union; unmounts on drop.
+pub(crate) enum Mounted {
+    Kernel {
+        mnt: PathBuf,
+    },
+    Fuse {
+        mnt: PathBuf,
+        child: Option<Child>,
+        log: PathBuf,
+    },
+}
+
+impl Mounted {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self {
+            Mounted::Fuse { child, .. } => child.as_ref().map(Child::id),
+            Mounted::Kernel { .. } => None,
+        }
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        match self {
+            Mounted::Fuse { log, .. } => tail(log),
+            Mounted::Kernel { .. } => String::new(),
+        }
+    }
+
+    /// The daemon died during the run: its exit status.
+    pub(crate) fn daemon_exit(&mut self) -> Option<String> {
+        match self {
+            Mounted::Fuse { child: Some(c), .. } => {
+                c.try_wait().ok().flatten().map(|s| s.to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        match self {
+            Mounted::Kernel { mnt } => {
+                if !umount(mnt, 0) {
+                    umount(mnt, libc::MNT_DETACH);
+                }
+            }
+            Mounted::Fuse { mnt, child, .. } => {
+                if let Some(mut c) = child.take() {
+                    // SIGTERM: both daemons unmount themselves and exit.
+                    // SAFETY: signal a child we spawned.
+                    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    loop {
+                        if let Ok(Some(_)) = c.try_wait() {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            umount(mnt, libc::MNT_DETACH);
+                            let _ = c.kill();
+                            let _ = c.wait();
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                if is_mounted(mnt) && !umount(mnt, 0) {
+                    umount(mnt, libc::MNT_DETACH);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) struct Bins {
+    pub(crate) plyfs: PathBuf,
+    pub(crate) fuse_overlayfs: PathBuf,
+}
+
+pub(crate) fn find_bins() -> Bins {
+    let plyfs = std::env::var_os("PLYFS_BIN")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_plyfs").map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR").map(|t| PathBuf::from(t).join("release/plyfs"))
+        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/plyfs"));
+    let fuse_overlayfs = std::env::var_os("FUSE_OVERLAYFS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/fuse-overlayfs"));
+    Bins {
+        plyfs,
+        fuse_overlayfs,
+    }
+}
+
+pub(crate) fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounted, String> {
+    if is_mounted(&dirs.mnt) {
+        umount(&dirs.mnt, libc::MNT_DETACH);
+    }
+    let mut opts = dirs.options(tree);
+    match sys {
+        System::PlyfsUring => opts.push_str(",uring=on"),
+        System::PlyfsDevFuse => opts.push_str(",uring=off"),
+        _ => {}
+    }
+    if sys == System::Kernel {
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&dirs.mnt)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t overlay failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        return Ok(Mounted::Kernel {
+            mnt: dirs.mnt.clone(),
+        });
+    }
+    let bin = if sys == System::FuseOverlayfs {
+        &bins.fuse_overlayfs
+    } else {
+        &bins.plyfs
+    };
+    let log = dirs.logs.join(format!("{}.log", sys.name()));
+    let logf = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut c = Command::new(bin);
+    c.arg("-f")
+        .arg("-o")
+        .arg(&opts)
+        .arg(&dirs.mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(logf))
+        // Own process group: Ctrl-C reaches the workload, and the guard
+        // decides when the daemon goes.
+        .process_group(0);
+    let child = c
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let mut m = Mounted::Fuse {
+        mnt: dirs.mnt.clone(),
+        child: Some(child),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if is_mounted(&dirs.mnt) && is_fuse(&dirs.mnt) {
+            return Ok(m);
+        }
+        if let Some(status) = m.daemon_exit() {
+            return Err(format!(
+                "{} exited ({status}): {}",
+                sys.name(),
+                m.log_tail()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not mount within 30 s", sys.name()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
