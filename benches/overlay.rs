@@ -1,24 +1,11 @@
-//! Benchmark: plyfs against kernel overlayfs and fuse-overlayfs.
+//! Benchmark: plyfs against kernel overlayfs and fuse-overlayfs, rootful
+//! and rootless.
 //!
 //! ```text
-//! cargo bench --bench overlay -- [options]
-//!
-//!   --list               list the workloads and exit
-//!   --only W1,W2         run only these workloads (names from --list)
-//!   --systems S1,S2      plyfs, kernel, fuse-overlayfs (default: all available);
-//!                        also plyfs-uring / plyfs-devfuse: plyfs with uring=on / off
-//!   --reps N             repetitions per workload and system (default 3; 1 with --quick)
-//!   --quick              small tree (/usr/include only, 256 MiB big file, fewer files)
-//!   --dir PATH           where the layer tree is cached (default /var/tmp/plyfs-bench)
-//!   --rebuild            rebuild the cached tree even if it is complete
-//!   --json PATH          results file (default $CARGO_TARGET_DIR/bench-results.json,
-//!                        else target/bench-results.json)
-//!   --timeout SECS       give up on one run after this long (default 900)
-//!   --no-mem             skip the daemon memory / fd report
+//! cargo bench --bench overlay -- --help
+//! cargo bench --bench overlay -- --userns            # both modes, one command
+//! PLYFS_BIN=/usr/local/bin/plyfs cargo bench --bench overlay -- --quick
 //! ```
-//!
-//! Environment: `PLYFS_BIN` (plyfs binary; default: the one cargo built for this
-//! bench), `FUSE_OVERLAYFS_BIN` (default /usr/bin/fuse-overlayfs).
 //!
 //! What it does:
 //! * Builds, once, a three-layer tree from this machine's own files under
@@ -27,16 +14,25 @@
 //!   rewritten files, new files, kernel 0/0 whiteouts over files and a
 //!   directory, an opaque directory; `top` = a few more of each. The tree is
 //!   reused until `--rebuild` or until it is missing/incomplete.
-//! * For every workload, repetition and system (interleaved, every other
-//!   repetition in reverse: A1 B1 C1 C2 B2 A2 A3 ...)
-//!   it mounts the same lowers with a fresh upper/work, drops the page, dentry
-//!   and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`; root only)
-//!   unless the workload is a warm one (then it runs once untimed first),
-//!   times the workload, and unmounts.
-//! * Prints one table (median seconds, ratio to kernel overlayfs, geometric
-//!   mean of the ratios) and writes the raw figures as JSON.
+//! * States the disk space and a time estimate, then for every workload,
+//!   repetition and system (interleaved, every other repetition in reverse:
+//!   A1 B1 C1 C2 B2 A2 A3 ...) mounts the same lowers with a fresh
+//!   upper/work, drops the page, dentry and inode caches unless the
+//!   workload is a warm one (then it runs once untimed first), times the
+//!   workload, reads plyfs's request counters, and unmounts.
+//! * Prints a table (median seconds, ratio to kernel overlayfs, geometric
+//!   mean of the ratios), the FUSE requests plyfs served per workload, the
+//!   same table as Markdown with the machine line for README, and writes the
+//!   raw figures as JSON and a chart of the ratios as SVG next to it.
+//! * With `--userns`, runs everything again inside a user namespace
+//!   (module `userns`).
 //! * Reports the FUSE daemons' peak RSS and open fds after a tree walk and
 //!   after `echo 2 > drop_caches` (the kernel forgets its inodes).
+//!
+//! Modules: `args` (command line), `tree` (the cached layers), `systems`
+//! (mounting, request counters), `workloads` (the list of workloads: add
+//! one there), `run` (commands under a watchdog), `report` (table, JSON,
+//! SVG), `mem`, `diff` (layer diff figures), `userns`, `util`.
 //!
 //! Nothing here asserts on speed: machines are noisy, figures are for people.
 //! Mounts are held by guards that unmount on drop (also on panic); Ctrl-C
@@ -47,7 +43,6 @@
 //! trusted.overlay.opaque and dropping caches. Without root the tree uses OCI
 //! whiteouts (`.wh.NAME`, `.wh..wh..opq`) and caches stay warm (it says so).
 
-
 use std::fmt::Write as _;
 use std::fs;
 use std::process::Command;
@@ -56,10 +51,14 @@ use std::time::{Duration, Instant};
 
 #[path = "overlay/args.rs"]
 mod args;
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "overlay/diff.rs"]
 mod diff;
 #[path = "overlay/mem.rs"]
 mod mem;
+#[path = "overlay/plan.rs"]
+mod plan;
 #[path = "overlay/report.rs"]
 mod report;
 #[path = "overlay/run.rs"]
@@ -68,12 +67,17 @@ mod run;
 mod systems;
 #[path = "overlay/tree.rs"]
 mod tree;
+#[path = "overlay/userns.rs"]
+mod userns;
 #[path = "overlay/util.rs"]
 mod util;
 #[path = "overlay/workloads.rs"]
 mod workloads;
 
-pub(crate) use {args::*, diff::*, mem::*, report::*, run::*, systems::*, tree::*, util::*, workloads::*};
+pub(crate) use {
+    args::*, diff::*, mem::*, plan::*, report::*, run::*, systems::*, tree::*, userns::*, util::*,
+    workloads::*,
+};
 
 pub(crate) struct Env<'a> {
     pub(crate) tree: &'a Tree,
@@ -85,7 +89,12 @@ pub(crate) struct Env<'a> {
     pub(crate) timeout: Duration,
 }
 
-pub(crate) fn one_run(env: &Env, sys: System, w: &Workload) -> Result<f64, String> {
+/// One timed run: seconds, and the requests plyfs served during it.
+pub(crate) fn one_run(
+    env: &Env,
+    sys: System,
+    w: &Workload,
+) -> Result<(f64, Option<Requests>), String> {
     env.dirs.reset()?;
     let mut m = mount(sys, env.tree, env.dirs, env.bins)?;
     let ctx = Ctx {
@@ -95,6 +104,7 @@ pub(crate) fn one_run(env: &Env, sys: System, w: &Workload) -> Result<f64, Strin
         scratch: &env.dirs.logs,
         fio: env.fio,
     };
+    let counting = env.bins.count && sys.is_plyfs();
     begin_watch(m.pid(), env.timeout);
     let res = (|| {
         if w.warm {
@@ -102,9 +112,13 @@ pub(crate) fn one_run(env: &Env, sys: System, w: &Workload) -> Result<f64, Strin
         } else if env.can_drop {
             sync_and_drop_caches("3");
         }
+        let before = if counting { m.requests() } else { None };
         let t = Instant::now();
         (w.run)(&ctx)?;
-        Ok(t.elapsed().as_secs_f64())
+        let secs = t.elapsed().as_secs_f64();
+        let after = if counting { m.requests() } else { None };
+        let reqs = before.zip(after).map(|(b, a)| requests_delta(&b, &a));
+        Ok((secs, reqs))
     })();
     let fired = end_watch();
     let res = match (fired, res) {
@@ -127,9 +141,6 @@ pub(crate) fn one_run(env: &Env, sys: System, w: &Workload) -> Result<f64, Strin
         e
     })
 }
-
-// ---------------------------------------------------------------------------
-
 
 fn main() {
     let cfg = match parse_args() {
@@ -162,13 +173,67 @@ fn main() {
         }
         None => all.iter().collect(),
     };
-    let want_diff = cfg
-        .only
-        .as_ref()
-        .is_none_or(|names| names.iter().any(|n| n == DIFF_WORKLOAD));
-    if let Err(e) = real_main(&cfg, sizes, &selected, want_diff) {
+    // The layer diff figures are plyfs's own, measured in the rootful run.
+    let want_diff = !cfg.in_userns
+        && cfg
+            .only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == DIFF_WORKLOAD));
+    let rootful = !cfg.userns_only;
+    let rootless = cfg.userns || cfg.userns_only;
+    let result = (|| {
+        if cfg.in_userns {
+            return real_main(&cfg, sizes, &selected, false);
+        }
+        if rootless && !is_root() {
+            return Err("--userns needs root (it maps root into the namespace, as \
+                        unshare -Ur does, and drops caches from outside)"
+                .to_string());
+        }
+        if rootful {
+            real_main(&cfg, sizes, &selected, want_diff)?;
+        } else {
+            // The child only loads the tree: build it here.
+            prepare_tree(&cfg, sizes, &selected)?;
+        }
+        if rootless {
+            println!("\n# rootless run (user namespace)\n");
+            run_rootless()?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
         eprintln!("overlay bench: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Loads the cached tree, or builds it after saying what that costs.
+fn prepare_tree(cfg: &Config, sizes: &Sizes, selected: &[&Workload]) -> Result<Tree, String> {
+    fs::create_dir_all(&cfg.dir).map_err(|e| format!("mkdir {}: {e}", cfg.dir.display()))?;
+    let tree_root = cfg
+        .dir
+        .join(if cfg.quick { "tree-quick" } else { "tree-full" });
+    let cached = if cfg.rebuild {
+        None
+    } else {
+        load_tree(&tree_root, cfg.quick)
+    };
+    let est = estimate(cfg, sizes, selected, cached.is_none());
+    println!("{}", est.describe(&cfg.dir));
+    if let Some(short) = est.shortfall() {
+        return Err(short);
+    }
+    match cached {
+        Some(t) => {
+            eprintln!("using cached tree {}", tree_root.display());
+            Ok(t)
+        }
+        None if cfg.in_userns => Err("the tree is missing; the rootful parent builds it".into()),
+        None => {
+            eprintln!("building tree {} (once) ...", tree_root.display());
+            build_tree(&tree_root, sizes, cfg.quick)
+        }
     }
 }
 
@@ -179,37 +244,11 @@ pub(crate) fn real_main(
     want_diff: bool,
 ) -> Result<(), String> {
     let started = Instant::now();
+    let mode = cfg.mode();
     let root = is_root();
-    let bins = find_bins();
+    let bins = find_bins(mode == Mode::Rootless, !cfg.no_count);
     fs::create_dir_all(&cfg.dir).map_err(|e| format!("mkdir {}: {e}", cfg.dir.display()))?;
-
-    // Machine.
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let mem_total = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|k| k.parse::<u64>().ok())
-        .map(|k| format!("{:.1} GiB", k as f64 / (1024.0 * 1024.0)))
-        .unwrap_or_else(|| "?".into());
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let bench_fs = fs_type(&cfg.dir);
+    let machine = Machine::probe(&cfg.dir, mode);
     let fio = first_line("fio", &["--version"]);
     let plyfs_version = if bins.plyfs.exists() {
         first_line(bins.plyfs.to_str().unwrap_or("plyfs"), &["--version"])
@@ -232,12 +271,8 @@ pub(crate) fn real_main(
         None
     };
 
-    println!("# plyfs overlay benchmark");
-    println!(
-        "machine: {nproc} CPUs ({cpu}), {mem_total} RAM, kernel {kernel}, bench dir {} on {bench_fs}, {}",
-        cfg.dir.display(),
-        if root { "root" } else { "not root" }
-    );
+    println!("# plyfs overlay benchmark, {}", mode.name());
+    println!("machine: {}", machine.line());
     println!(
         "tools: {} ({}), {}, {}, {}",
         plyfs_version.as_deref().unwrap_or("MISSING"),
@@ -258,18 +293,12 @@ pub(crate) fn real_main(
         .unwrap_or_else(|| vec![System::Kernel, System::Plyfs, System::FuseOverlayfs]);
     let explicit = cfg.systems.is_some();
     let mut sys_versions: Vec<(System, String)> = Vec::new();
-    for s in [
-        System::Kernel,
-        System::Plyfs,
-        System::FuseOverlayfs,
-        System::PlyfsDevFuse,
-        System::PlyfsUring,
-    ] {
+    for s in System::ALL {
         if !wanted.contains(&s) {
             continue;
         }
         let (ok, why, version) = match s {
-            System::Kernel => (root, "kernel overlayfs needs root", kernel.clone()),
+            System::Kernel => (root, "kernel overlayfs needs root", machine.kernel.clone()),
             System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse => (
                 bins.plyfs.exists(),
                 "plyfs binary not found (set PLYFS_BIN or cargo build --release)",
@@ -291,26 +320,11 @@ pub(crate) fn real_main(
     if systems.is_empty() {
         return Err("no system to benchmark".into());
     }
-    let baseline = systems[0];
-    let can_drop = root;
+    let can_drop = can_drop_caches();
     if !can_drop {
-        println!("WARNING: not root, cannot drop caches: every run is warm");
+        println!("WARNING: cannot drop caches: every run is warm");
     }
-
-    // Tree.
-    let tree_root = cfg
-        .dir
-        .join(if cfg.quick { "tree-quick" } else { "tree-full" });
-    let tree = match (cfg.rebuild, load_tree(&tree_root, cfg.quick)) {
-        (false, Some(t)) => {
-            eprintln!("using cached tree {}", tree_root.display());
-            t
-        }
-        _ => {
-            eprintln!("building tree {} (once) ...", tree_root.display());
-            build_tree(&tree_root, sizes, cfg.quick)?
-        }
-    };
+    let tree = prepare_tree(cfg, sizes, selected)?;
     println!(
         "tree: {} (lowers top:update:base): base {} entries + {} big file; update {} entries \
          ({} rewritten, {} new, {} whiteouts, whiteout dir {}, opaque dir {}); top {} entries; {}",
@@ -331,9 +345,9 @@ pub(crate) fn real_main(
             println!("NOTE: {v}");
         }
     }
+    let reps = cfg.reps();
     println!(
-        "runs: {} reps, interleaved over {}; {} caches before each cold run",
-        cfg.reps,
+        "runs: {reps} reps, interleaved over {}; {} caches before each cold run",
         systems
             .iter()
             .map(|s| s.name())
@@ -352,20 +366,14 @@ pub(crate) fn real_main(
         bins: &bins,
         fio: fio.is_some(),
         can_drop,
-        timeout: cfg.timeout,
+        timeout: cfg.timeout(),
     };
 
     // Interleaved: for each workload, rep 1 on every system, then rep 2 ...
     let mut cells: Vec<Vec<Cell>> = Vec::new();
     'outer: for w in selected {
-        let mut row: Vec<Cell> = systems
-            .iter()
-            .map(|_| Cell {
-                times: Vec::new(),
-                errors: Vec::new(),
-            })
-            .collect();
-        for rep in 1..=cfg.reps {
+        let mut row: Vec<Cell> = systems.iter().map(|_| Cell::default()).collect();
+        for rep in 1..=reps {
             // Every other repetition in reverse order (A1 B1 B2 A2 A3 ...):
             // effects that alternate from one run to the next (the upper's
             // freed blocks on this VM disk alternate fast and slow copy-ups)
@@ -381,13 +389,23 @@ pub(crate) fn real_main(
                 }
                 let r = one_run(&env, sys, w);
                 match &r {
-                    Ok(t) => eprintln!("  {:<12} rep {rep} {:<15} {t:8.3} s", w.name, sys.name()),
+                    Ok((t, reqs)) => eprintln!(
+                        "  {:<12} rep {rep} {:<15} {t:8.3} s{}",
+                        w.name,
+                        sys.name(),
+                        reqs.as_ref()
+                            .map(|r| format!(", {} requests", requests_total(r)))
+                            .unwrap_or_default()
+                    ),
                     Err(e) => {
                         eprintln!("  {:<12} rep {rep} {:<15} FAILED: {e}", w.name, sys.name())
                     }
                 }
                 match r {
-                    Ok(t) => row[i].times.push(Some(t)),
+                    Ok((t, reqs)) => {
+                        row[i].times.push(Some(t));
+                        row[i].requests.push(reqs);
+                    }
                     Err(e) => {
                         row[i].times.push(None);
                         row[i].errors.push(format!("rep {rep}: {e}"));
@@ -399,13 +417,13 @@ pub(crate) fn real_main(
     }
     let interrupted = INTERRUPTED.load(Ordering::SeqCst);
     let diff_figures = if want_diff && !interrupted {
-        Some(diff_bench(&env, cfg.reps, root))
+        Some(diff_bench(&env, reps, root))
     } else {
         None
     };
 
     let mut mem = Vec::new();
-    if cfg.mem && !interrupted {
+    if !cfg.no_mem && !interrupted {
         for &s in systems.iter().filter(|s| s.is_fuse()) {
             eprintln!("  memory/fd report for {} ...", s.name());
             mem.push(mem_report(&env, s));
@@ -413,66 +431,25 @@ pub(crate) fn real_main(
     }
     let _ = fs::remove_dir_all(&dirs.upper);
     let _ = fs::remove_dir_all(&dirs.work);
-    let elapsed = started.elapsed().as_secs_f64();
-
-    // Table.
-    let ratio_to_base = |row: &[Cell], i: usize| -> Option<f64> {
-        let b = row[0].median()?;
-        let v = row[i].median()?;
-        (b > 0.0).then_some(v / b)
+    let results = Results {
+        machine: &machine,
+        mode,
+        systems: &systems,
+        sys_versions: &sys_versions,
+        workloads: selected,
+        sizes,
+        tree: &tree,
+        cells: &cells,
+        mem: &mem,
+        reps,
+        quick: cfg.quick,
+        can_drop,
+        interrupted,
+        elapsed: started.elapsed().as_secs_f64(),
     };
-    let col = 20;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "median seconds of {} reps (cold caches unless -warm), ratio to {}:",
-        cfg.reps,
-        baseline.name()
-    );
-    let _ = write!(out, "{:<12}", "workload");
-    for s in &systems {
-        let _ = write!(out, " {:>col$}", s.name());
-    }
-    out.push('\n');
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
-    for (w, row) in selected.iter().zip(&cells) {
-        let _ = write!(out, "{:<12}", w.name);
-        for (i, cell) in row.iter().enumerate() {
-            let ok = cell.times.iter().flatten().count();
-            let mut s = match cell.median() {
-                None if cell.times.is_empty() => "-".to_string(),
-                None => "FAILED".to_string(),
-                Some(m) if i == 0 => format!("{m:.3}"),
-                Some(m) => match ratio_to_base(row, i) {
-                    Some(r) => {
-                        ratios[i].push(r);
-                        format!("{m:.3} ({r:.2}x)")
-                    }
-                    None => format!("{m:.3}"),
-                },
-            };
-            if ok > 0 && ok < cell.times.len() {
-                let _ = write!(s, " [{ok}/{}]", cell.times.len());
-            }
-            let _ = write!(out, " {s:>col$}");
-        }
-        out.push('\n');
-    }
-    let _ = write!(out, "{:<12}", "geomean");
-    let mut geo: Vec<Option<f64>> = Vec::new();
-    for (i, r) in ratios.iter().enumerate() {
-        let g = if i == 0 { Some(1.0) } else { geomean(r) };
-        geo.push(g);
-        let s = match g {
-            Some(g) if i == 0 => format!("{g:.2}x"),
-            Some(g) => format!("{g:.2}x ({} wl)", r.len()),
-            None => "-".into(),
-        };
-        let _ = write!(out, " {s:>col$}");
-    }
-    out.push('\n');
     if !selected.is_empty() {
-        println!("{out}");
+        println!("{}", results.table());
+        println!("{}", results.requests_table());
     }
     if let Some(d) = &diff_figures {
         print_diff_figures(d);
@@ -481,146 +458,32 @@ pub(crate) fn real_main(
     for w in selected {
         println!("  {:<12} {}", w.name, (w.describe)(sizes, Some(&tree)));
     }
-
-    let mut failures = Vec::new();
-    for (w, row) in selected.iter().zip(&cells) {
-        for (s, cell) in systems.iter().zip(row) {
-            for e in &cell.errors {
-                failures.push(format!("{} on {}: {e}", w.name, s.name()));
-            }
-        }
-    }
+    let failures = results.failures();
     if !failures.is_empty() {
         println!("\nfailures:");
         for f in &failures {
             println!("  {f}");
         }
     }
-    if !mem.is_empty() {
-        println!(
-            "\nFUSE daemon after a cold stat walk of the whole tree, then after echo 2 > drop_caches:"
-        );
-        for m in &mem {
-            match &m.result {
-                Ok((a, b)) => println!(
-                    "  {:<15} walk: peak RSS {:.1} MiB, RSS {:.1} MiB, {} fds, {} threads | \
-                     after drop: RSS {:.1} MiB, {} fds",
-                    m.system.name(),
-                    a.hwm_kib as f64 / 1024.0,
-                    a.rss_kib as f64 / 1024.0,
-                    a.fds,
-                    a.threads,
-                    b.rss_kib as f64 / 1024.0,
-                    b.fds
-                ),
-                Err(e) => println!("  {:<15} FAILED: {e}", m.system.name()),
-            }
-        }
+    print_mem(&mem);
+    if !selected.is_empty() {
+        println!("\nMarkdown (for README):\n\n{}", results.markdown());
     }
     if interrupted {
         println!("\nINTERRUPTED: partial results");
     }
-    println!("\ntotal time {elapsed:.0} s");
+    println!("\ntotal time {:.0} s", results.elapsed);
 
-    // JSON.
-    let mut j = String::from("{\n");
-    let _ = writeln!(
-        j,
-        "  \"machine\": {{\"nproc\": {nproc}, \"cpu\": {}, \"memory\": {}, \"kernel\": {}, \
-         \"bench_dir\": {}, \"bench_fs\": {}, \"root\": {root}}},",
-        json_str(&cpu),
-        json_str(&mem_total),
-        json_str(&kernel),
-        json_str(&cfg.dir.display().to_string()),
-        json_str(&bench_fs)
-    );
-    let _ = writeln!(
-        j,
-        "  \"config\": {{\"reps\": {}, \"quick\": {}, \"caches_dropped\": {can_drop}, \
-         \"interrupted\": {interrupted}, \"total_seconds\": {elapsed:.1}}},",
-        cfg.reps, cfg.quick
-    );
-    j.push_str("  \"tree\": {");
-    let tree_fields: Vec<String> = tree
-        .info
-        .iter()
-        .map(|(k, v)| format!("{}: {}", json_str(k), json_str(v)))
-        .collect();
-    j.push_str(&tree_fields.join(", "));
-    j.push_str("},\n  \"systems\": [");
-    let sys_fields: Vec<String> = sys_versions
-        .iter()
-        .map(|(s, v)| {
-            format!(
-                "{{\"name\": {}, \"version\": {}}}",
-                json_str(s.name()),
-                json_str(v)
-            )
-        })
-        .collect();
-    j.push_str(&sys_fields.join(", "));
-    let _ = writeln!(j, "],\n  \"baseline\": {},", json_str(baseline.name()));
-    j.push_str("  \"results\": [\n");
-    let mut rows = Vec::new();
-    for (w, row) in selected.iter().zip(&cells) {
-        for (i, (s, cell)) in systems.iter().zip(row).enumerate() {
-            let times: Vec<String> = cell.times.iter().map(|t| json_num(*t)).collect();
-            let errors: Vec<String> = cell.errors.iter().map(|e| json_str(e)).collect();
-            rows.push(format!(
-                "    {{\"workload\": {}, \"description\": {}, \"system\": {}, \"times\": [{}], \
-                 \"median\": {}, \"ratio\": {}, \"errors\": [{}]}}",
-                json_str(w.name),
-                json_str(&(w.describe)(sizes, Some(&tree))),
-                json_str(s.name()),
-                times.join(", "),
-                json_num(cell.median()),
-                json_num(ratio_to_base(row, i)),
-                errors.join(", ")
-            ));
-        }
-    }
-    j.push_str(&rows.join(",\n"));
-    j.push_str("\n  ],\n  \"geomean_ratio\": {");
-    let g: Vec<String> = systems
-        .iter()
-        .zip(&geo)
-        .map(|(s, g)| format!("{}: {}", json_str(s.name()), json_num(*g)))
-        .collect();
-    j.push_str(&g.join(", "));
-    j.push_str("},\n  \"daemon_memory\": [");
-    let m: Vec<String> = mem
-        .iter()
-        .map(|m| match &m.result {
-            Ok((a, b)) => format!(
-                "{{\"system\": {}, \"after_walk\": {{\"vm_hwm_kib\": {}, \"vm_rss_kib\": {}, \
-                 \"fds\": {}, \"threads\": {}}}, \"after_drop_caches\": {{\"vm_hwm_kib\": {}, \
-                 \"vm_rss_kib\": {}, \"fds\": {}, \"threads\": {}}}}}",
-                json_str(m.system.name()),
-                a.hwm_kib,
-                a.rss_kib,
-                a.fds,
-                a.threads,
-                b.hwm_kib,
-                b.rss_kib,
-                b.fds,
-                b.threads
-            ),
-            Err(e) => format!(
-                "{{\"system\": {}, \"error\": {}}}",
-                json_str(m.system.name()),
-                json_str(e)
-            ),
-        })
-        .collect();
-    j.push_str(&m.join(", "));
-    j.push_str("]\n}\n");
-    if let Some(parent) = cfg.json.parent() {
+    let json_path = cfg.json_path();
+    if let Some(parent) = json_path.parent() {
         let _ = fs::create_dir_all(parent);
     }
-    fs::write(&cfg.json, j).map_err(|e| format!("write {}: {e}", cfg.json.display()))?;
-    println!("results written to {}", cfg.json.display());
+    fs::write(&json_path, results.json())
+        .map_err(|e| format!("write {}: {e}", json_path.display()))?;
+    println!("results written to {}", json_path.display());
+    let svg_path = json_path.with_extension("svg");
+    fs::write(&svg_path, results.svg())
+        .map_err(|e| format!("write {}: {e}", svg_path.display()))?;
+    println!("chart written to {}", svg_path.display());
     Ok(())
 }
-
-// ---------------------------------------------------------------------------
-// Layer diff: `plyfs diff` of a large upper against a naive merged-tree walk

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::*;
 
-
 pub(crate) const DIFF_WORKLOAD: &str = "diff";
 pub(crate) const DIFF_DESCRIPTION: &str = "layer diff of a large upper (untar + appends + chmods + rm -rf + a \
      renamed directory): plyfs diff vs a naive differ walking the merged and lower trees \

@@ -77,3 +77,52 @@ pub(crate) fn mem_report(env: &Env, sys: System) -> MemReport {
 }
 
 // ---------------------------------------------------------------------------
+
+impl MemReport {
+    pub(crate) fn json(&self) -> String {
+        let stat = |s: &ProcStat| {
+            format!(
+                "{{\"vm_hwm_kib\": {}, \"vm_rss_kib\": {}, \"fds\": {}, \"threads\": {}}}",
+                s.hwm_kib, s.rss_kib, s.fds, s.threads
+            )
+        };
+        match &self.result {
+            Ok((a, b)) => format!(
+                "{{\"system\": {}, \"after_walk\": {}, \"after_drop_caches\": {}}}",
+                json_str(self.system.name()),
+                stat(a),
+                stat(b)
+            ),
+            Err(e) => format!(
+                "{{\"system\": {}, \"error\": {}}}",
+                json_str(self.system.name()),
+                json_str(e)
+            ),
+        }
+    }
+}
+
+pub(crate) fn print_mem(mem: &[MemReport]) {
+    if mem.is_empty() {
+        return;
+    }
+    println!(
+        "\nFUSE daemon after a cold stat walk of the whole tree, then after echo 2 > drop_caches:"
+    );
+    for m in mem {
+        match &m.result {
+            Ok((a, b)) => println!(
+                "  {:<15} walk: peak RSS {:.1} MiB, RSS {:.1} MiB, {} fds, {} threads | \
+                 after drop: RSS {:.1} MiB, {} fds",
+                m.system.name(),
+                a.hwm_kib as f64 / 1024.0,
+                a.rss_kib as f64 / 1024.0,
+                a.fds,
+                a.threads,
+                b.rss_kib as f64 / 1024.0,
+                b.fds
+            ),
+            Err(e) => println!("  {:<15} FAILED: {e}", m.system.name()),
+        }
+    }
+}

@@ -88,6 +88,30 @@ impl Mounted {
         }
     }
 
+    /// plyfs's request counters so far: SIGUSR1 makes it log them.
+    pub(crate) fn requests(&self) -> Option<Requests> {
+        let Mounted::Fuse {
+            child: Some(c),
+            log,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (before, _) = last_requests(log);
+        // SAFETY: signal a child we spawned.
+        unsafe { libc::kill(c.id() as i32, libc::SIGUSR1) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let (n, last) = last_requests(log);
+            if n > before {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
     /// The daemon died during the run: its exit status.
     pub(crate) fn daemon_exit(&mut self) -> Option<String> {
         match self {
@@ -134,12 +158,17 @@ impl Drop for Mounted {
     }
 }
 
+/// The binaries and how the systems are started.
 pub(crate) struct Bins {
     pub(crate) plyfs: PathBuf,
     pub(crate) fuse_overlayfs: PathBuf,
+    /// In a user namespace: kernel overlayfs and plyfs with `userxattr`.
+    pub(crate) rootless: bool,
+    /// Run plyfs at log level info, so that SIGUSR1 logs its request counters.
+    pub(crate) count: bool,
 }
 
-pub(crate) fn find_bins() -> Bins {
+pub(crate) fn find_bins(rootless: bool, count: bool) -> Bins {
     let plyfs = std::env::var_os("PLYFS_BIN")
         .map(PathBuf::from)
         .or_else(|| option_env!("CARGO_BIN_EXE_plyfs").map(PathBuf::from))
@@ -153,10 +182,55 @@ pub(crate) fn find_bins() -> Bins {
     Bins {
         plyfs,
         fuse_overlayfs,
+        rootless,
+        count,
     }
 }
 
-pub(crate) fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounted, String> {
+/// FUSE requests per operation, as plyfs's counters report them.
+pub(crate) type Requests = Vec<(String, u64)>;
+
+/// The last `requests: op=n ...` line of a plyfs log.
+fn last_requests(log: &Path) -> (usize, Option<Requests>) {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut n = 0;
+    let mut last = None;
+    for line in text.lines() {
+        if let Some((_, counts)) = line.split_once("requests: ") {
+            n += 1;
+            last = Some(
+                counts
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+                    .collect(),
+            );
+        }
+    }
+    (n, last)
+}
+
+/// `after - before`, per operation, without zeros.
+pub(crate) fn requests_delta(before: &Requests, after: &Requests) -> Requests {
+    after
+        .iter()
+        .filter_map(|(op, n)| {
+            let b = before.iter().find(|(o, _)| o == op).map_or(0, |(_, b)| *b);
+            (n > &b).then(|| (op.clone(), n - b))
+        })
+        .collect()
+}
+
+pub(crate) fn requests_total(r: &Requests) -> u64 {
+    r.iter().map(|(_, n)| n).sum()
+}
+
+pub(crate) fn mount(
+    sys: System,
+    tree: &Tree,
+    dirs: &RunDirs,
+    bins: &Bins,
+) -> Result<Mounted, String> {
     if is_mounted(&dirs.mnt) {
         umount(&dirs.mnt, libc::MNT_DETACH);
     }
@@ -165,6 +239,9 @@ pub(crate) fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Re
         System::PlyfsUring => opts.push_str(",uring=on"),
         System::PlyfsDevFuse => opts.push_str(",uring=off"),
         _ => {}
+    }
+    if bins.rootless && (sys == System::Kernel || sys.is_plyfs()) {
+        opts.push_str(",userxattr");
     }
     if sys == System::Kernel {
         let out = Command::new("mount")
@@ -190,6 +267,9 @@ pub(crate) fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Re
     let log = dirs.logs.join(format!("{}.log", sys.name()));
     let logf = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut c = Command::new(bin);
+    if bins.count && sys.is_plyfs() {
+        c.env("RUST_LOG", "plyfs=info");
+    }
     c.arg("-f")
         .arg("-o")
         .arg(&opts)

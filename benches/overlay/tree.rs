@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use crate::*;
 
-
 /// Bump when the tree layout or its selection rules change: cached trees
 /// with another version are rebuilt.
 pub(crate) const TREE_VERSION: u32 = 1;
@@ -70,7 +69,6 @@ pub(crate) const QUICK: Sizes = Sizes {
     rand_span: 16 * MIB,
     subtree_limit: 2000,
 };
-
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -216,7 +214,11 @@ pub(crate) fn load_tree(root: &Path, quick: bool) -> Option<Tree> {
     let big_ok = fs::metadata(t.base.join(&t.big))
         .map(|m| m.len() == big_size)
         .unwrap_or(false);
-    (big_ok && t.tarball.exists() && t.update.is_dir() && t.top.is_dir()).then_some(t)
+    let ok = big_ok && t.tarball.exists() && t.update.is_dir() && t.top.is_dir();
+    if ok && let Err(e) = add_user_opaque(&t) {
+        eprintln!("cannot add user.overlay.opaque to the tree: {e}");
+    }
+    ok.then_some(t)
 }
 
 pub(crate) fn make_whiteout(path: &Path, root: bool) -> std::io::Result<()> {
@@ -236,26 +238,33 @@ pub(crate) fn make_whiteout(path: &Path, root: bool) -> std::io::Result<()> {
     }
 }
 
+/// Marks `dir` opaque: for kernel overlayfs as root (`trusted.overlay.`)
+/// and in a user namespace (`userxattr`: `user.overlay.`), so that one tree
+/// serves both modes; OCI `.wh..wh..opq` without root.
 pub(crate) fn make_opaque(dir: &Path, root: bool) -> std::io::Result<()> {
     if root {
-        let c = cstr(dir);
-        // SAFETY: valid C strings and a buffer of the given length.
-        let r = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                c"trusted.overlay.opaque".as_ptr(),
-                b"y".as_ptr().cast(),
-                1,
-                0,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        common::set_xattr(dir, "trusted.overlay.opaque", b"y")?;
+        common::set_xattr(dir, "user.overlay.opaque", b"y")
     } else {
         File::create(dir.join(".wh..wh..opq")).map(drop)
     }
+}
+
+/// Trees built before the rootless mode carry only the trusted marker.
+fn add_user_opaque(t: &Tree) -> std::io::Result<()> {
+    let Some(rel) = t.info("opaque_dir").split(" (").next() else {
+        return Ok(());
+    };
+    if rel == "none" || rel == "?" || !is_root() {
+        return Ok(());
+    }
+    let dir = t.update.join(rel);
+    if common::get_xattr(&dir, "trusted.overlay.opaque").is_ok()
+        && common::get_xattr(&dir, "user.overlay.opaque").is_err()
+    {
+        common::set_xattr(&dir, "user.overlay.opaque", b"y")?;
+    }
+    Ok(())
 }
 
 /// Creates the parents of `rel` in `layer`, copying mode and owner from
@@ -299,7 +308,12 @@ pub(crate) fn rewrite(layer: &Path, base: &Path, rel: &Path, tag: &str) -> std::
     Ok(())
 }
 
-pub(crate) fn new_file(layer: &Path, base: &Path, rel: &Path, rng: &mut Rng) -> std::io::Result<()> {
+pub(crate) fn new_file(
+    layer: &Path,
+    base: &Path,
+    rel: &Path,
+    rng: &mut Rng,
+) -> std::io::Result<()> {
     ensure_parents(layer, base, rel)?;
     let len = 256 + rng.below(4096);
     let mut text = String::new();

@@ -1,11 +1,12 @@
 //! Small helpers: units, the seeded RNG, the mount table, caches.
 
 use std::ffi::{CString, OsStr};
-use std::fs::{self};
+use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::*;
 
 pub(crate) const GIB: u64 = 1 << 30;
 pub(crate) const MIB: u64 = 1 << 20;
@@ -79,9 +80,24 @@ pub(crate) fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 pub(crate) fn sync_and_drop_caches(level: &str) -> bool {
+    if let Some(ok) = drop_caches_via_parent(level) {
+        return ok;
+    }
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     fs::write("/proc/sys/vm/drop_caches", level).is_ok()
+}
+
+/// Whether this process may drop caches (root, or the rootless child of a
+/// root parent).
+pub(crate) fn can_drop_caches() -> bool {
+    drop_caches_via_parent("1").unwrap_or_else(|| {
+        is_root()
+            && OpenOptions::new()
+                .write(true)
+                .open("/proc/sys/vm/drop_caches")
+                .is_ok()
+    })
 }
 
 // ---------------------------------------------------------------------------
