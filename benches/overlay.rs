@@ -304,6 +304,14 @@ pub(crate) fn real_main(
                 "plyfs binary not found (set PLYFS_BIN or cargo build --release)",
                 plyfs_version.clone().unwrap_or_default(),
             ),
+            System::PlyfsBase => (
+                bins.plyfs_base.as_ref().is_some_and(|b| b.exists()),
+                "PLYFS_BASE_BIN is not set or missing",
+                bins.plyfs_base
+                    .as_ref()
+                    .and_then(|b| first_line(b.to_str()?, &["--version"]))
+                    .unwrap_or_default(),
+            ),
             System::FuseOverlayfs => (
                 fo_version.is_some(),
                 "fuse-overlayfs not installed",

@@ -15,15 +15,18 @@ pub(crate) enum System {
     /// plyfs with `uring=on` (needs enable_uring=Y) / `uring=off`.
     PlyfsUring,
     PlyfsDevFuse,
+    /// Another plyfs binary (`PLYFS_BASE_BIN`), for before/after runs.
+    PlyfsBase,
 }
 
 impl System {
-    pub(crate) const ALL: [System; 5] = [
+    pub(crate) const ALL: [System; 6] = [
         System::Kernel,
         System::Plyfs,
         System::FuseOverlayfs,
         System::PlyfsDevFuse,
         System::PlyfsUring,
+        System::PlyfsBase,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl System {
             System::FuseOverlayfs => "fuse-overlayfs",
             System::PlyfsUring => "plyfs-uring",
             System::PlyfsDevFuse => "plyfs-devfuse",
+            System::PlyfsBase => "plyfs-base",
         }
     }
 
@@ -43,6 +47,7 @@ impl System {
             "fuse-overlayfs" | "fuse" => Some(System::FuseOverlayfs),
             "plyfs-uring" => Some(System::PlyfsUring),
             "plyfs-devfuse" => Some(System::PlyfsDevFuse),
+            "plyfs-base" => Some(System::PlyfsBase),
             _ => None,
         }
     }
@@ -54,14 +59,14 @@ impl System {
     pub(crate) fn is_plyfs(self) -> bool {
         matches!(
             self,
-            System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse
+            System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse | System::PlyfsBase
         )
     }
 }
 
 fn parse_system(s: &str) -> Result<System, String> {
     System::parse(s).ok_or_else(|| {
-        format!("unknown system {s:?} (kernel, plyfs, fuse-overlayfs, plyfs-uring, plyfs-devfuse)")
+        format!("unknown system {s:?} (kernel, plyfs, fuse-overlayfs, plyfs-uring, plyfs-devfuse, plyfs-base)")
     })
 }
 
@@ -98,6 +103,8 @@ Environment:
   PLYFS_BIN           plyfs binary to benchmark, e.g. an installed one:
                       PLYFS_BIN=$(command -v plyfs) (default: the release
                       binary cargo built next to this bench)
+  PLYFS_BASE_BIN      a second plyfs binary, system plyfs-base (e.g. a build
+                      of main, to measure a change before and after)
   FUSE_OVERLAYFS_BIN  fuse-overlayfs binary (default /usr/bin/fuse-overlayfs)
 
 Before it starts, the bench prints the disk space (tree + one run's upper)
@@ -128,7 +135,8 @@ pub(crate) struct Config {
     pub(crate) only: Option<Vec<String>>,
     /// Systems to compare, the first is the baseline of the ratios: kernel,
     /// plyfs, fuse-overlayfs; also plyfs-uring / plyfs-devfuse (plyfs with
-    /// uring=on / uring=off). Default: kernel,plyfs,fuse-overlayfs, those
+    /// uring=on / uring=off), plyfs-base (the binary in PLYFS_BASE_BIN, to
+    /// measure a change before and after in one run). Default: kernel,plyfs,fuse-overlayfs, those
     /// available.
     #[arg(long, value_name = "S1,S2", value_delimiter = ',', value_parser = parse_system)]
     pub(crate) systems: Option<Vec<System>>,

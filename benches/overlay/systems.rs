@@ -162,6 +162,8 @@ impl Drop for Mounted {
 pub(crate) struct Bins {
     pub(crate) plyfs: PathBuf,
     pub(crate) fuse_overlayfs: PathBuf,
+    /// `PLYFS_BASE_BIN`: the plyfs-base system.
+    pub(crate) plyfs_base: Option<PathBuf>,
     /// In a user namespace: kernel overlayfs and plyfs with `userxattr`.
     pub(crate) rootless: bool,
     /// Run plyfs at log level info, so that SIGUSR1 logs its request counters.
@@ -182,6 +184,7 @@ pub(crate) fn find_bins(rootless: bool, count: bool) -> Bins {
     Bins {
         plyfs,
         fuse_overlayfs,
+        plyfs_base: std::env::var_os("PLYFS_BASE_BIN").map(PathBuf::from),
         rootless,
         count,
     }
@@ -259,10 +262,13 @@ pub(crate) fn mount(
             mnt: dirs.mnt.clone(),
         });
     }
-    let bin = if sys == System::FuseOverlayfs {
-        &bins.fuse_overlayfs
-    } else {
-        &bins.plyfs
+    let bin = match sys {
+        System::FuseOverlayfs => &bins.fuse_overlayfs,
+        System::PlyfsBase => bins
+            .plyfs_base
+            .as_ref()
+            .ok_or("PLYFS_BASE_BIN is not set")?,
+        _ => &bins.plyfs,
     };
     let log = dirs.logs.join(format!("{}.log", sys.name()));
     let logf = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
