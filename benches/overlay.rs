@@ -196,7 +196,7 @@ fn main() {
             // The child only loads the tree: build it here.
             prepare_tree(&cfg, sizes, &selected)?;
         }
-        if rootless {
+        if rootless && !INTERRUPTED.load(Ordering::SeqCst) {
             println!("\n# rootless run (user namespace)\n");
             run_rootless()?;
         }

@@ -1,6 +1,7 @@
 //! Mounting kernel overlayfs, plyfs and fuse-overlayfs with a guard.
 
 use std::fs::{self, File};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,11 +18,24 @@ pub(crate) struct RunDirs {
     pub(crate) work: PathBuf,
     pub(crate) mnt: PathBuf,
     pub(crate) logs: PathBuf,
+    /// Held while the runs use these directories.
+    _lock: File,
 }
 
 impl RunDirs {
     pub(crate) fn new(bench_dir: &Path) -> Result<RunDirs, String> {
         let root = bench_dir.join("runs");
+        // Two benches on one directory would mount over each other's
+        // upper and work: the second refuses.
+        let lock_path = bench_dir.join("runs.lock");
+        let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a file we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "another benchmark is running in {} (use another --dir)",
+                bench_dir.display()
+            ));
+        }
         // Detach anything a killed run left mounted here.
         for (mp, _) in mounts() {
             if mp.starts_with(&root) {
@@ -34,6 +48,7 @@ impl RunDirs {
             work: root.join("work"),
             mnt: root.join("mnt"),
             logs: root.join("logs"),
+            _lock: lock,
         };
         for p in [&d.mnt, &d.logs] {
             fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
