@@ -84,7 +84,7 @@ pub(crate) enum Mode {
     /// As root in the initial namespaces: kernel overlayfs with trusted.*
     /// xattrs, plyfs with FUSE passthrough.
     Rootful,
-    /// Inside a new user + mount namespace (like `unshare -Urm`): kernel
+    /// Inside a new user + mount namespace (ids 0-65535 mapped): kernel
     /// overlayfs with `userxattr`, plyfs without passthrough.
     Rootless,
 }
