@@ -161,6 +161,40 @@ impl Results<'_> {
             .collect()
     }
 
+    /// How noisy the run was: the spread (max - min) / median of every
+    /// cell with at least two times, as (median, largest).
+    pub(crate) fn noise(&self) -> Option<(f64, f64)> {
+        let spreads: Vec<f64> = self
+            .cells
+            .iter()
+            .flatten()
+            .filter_map(|c| {
+                let t: Vec<f64> = c.times.iter().flatten().copied().collect();
+                let m = median(t.clone())?;
+                let (lo, hi) = t
+                    .iter()
+                    .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                (t.len() > 1 && m > 0.0).then(|| (hi - lo) / m)
+            })
+            .collect();
+        let largest = spreads.iter().copied().fold(0.0, f64::max);
+        Some((median(spreads)?, largest))
+    }
+
+    fn noise_line(&self) -> String {
+        match self.noise() {
+            Some((m, x)) => format!(
+                "noise: spread (max - min) / median of the reps: median {:.0}%, largest {:.0}%{}",
+                m * 100.0,
+                x * 100.0,
+                load_average()
+                    .map(|l| format!("; load average {l}"))
+                    .unwrap_or_default()
+            ),
+            None => "noise: one rep, unknown".into(),
+        }
+    }
+
     pub(crate) fn baseline(&self) -> System {
         self.systems[0]
     }
@@ -208,6 +242,8 @@ impl Results<'_> {
             };
             let _ = write!(out, " {s:>col$}");
         }
+        out.push('\n');
+        out.push_str(&self.noise_line());
         out.push('\n');
         out
     }
@@ -293,7 +329,7 @@ impl Results<'_> {
         for (g, _) in self.geomeans() {
             let _ = write!(out, " {} |", g.map_or("-".into(), |g| format!("{g:.2}x")));
         }
-        out.push('\n');
+        let _ = write!(out, "\n\n{}\n", self.noise_line());
         out
     }
 
@@ -320,8 +356,14 @@ impl Results<'_> {
         let _ = writeln!(
             j,
             "  \"config\": {{\"reps\": {}, \"quick\": {}, \"caches_dropped\": {}, \
-             \"interrupted\": {}, \"total_seconds\": {:.1}}},",
-            self.reps, self.quick, self.can_drop, self.interrupted, self.elapsed
+             \"interrupted\": {}, \"total_seconds\": {:.1}, \"noise\": {}, \"load_average\": {}}},",
+            self.reps,
+            self.quick,
+            self.can_drop,
+            self.interrupted,
+            self.elapsed,
+            json_str(&self.noise_line()),
+            json_str(&load_average().unwrap_or_default())
         );
         j.push_str("  \"tree\": {");
         let tree_fields: Vec<String> = self
@@ -489,6 +531,12 @@ impl Results<'_> {
         s.push_str("</svg>\n");
         s
     }
+}
+
+/// The 1, 5 and 15 minute load averages, at the end of the run.
+fn load_average() -> Option<String> {
+    let l = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn xml(s: &str) -> String {
