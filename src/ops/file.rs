@@ -30,7 +30,13 @@ pub fn open_noatime(
 impl Plyfs {
     /// Flags used to open a real file for a request's open flags.
     pub fn real_open_flags(&self, flags: i32) -> i32 {
-        let mut f = (flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC))
+        // O_DIRECT stays with the kernel: it already sends such I/O
+        // uncached to plyfs (or to the passthrough file). A real O_DIRECT
+        // descriptor would fail plyfs's own unaligned buffers with EINVAL,
+        // and a shared passthrough backing file would force alignment on
+        // every other opener of the inode.
+        let mut f = (flags
+            & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_DIRECT))
             | libc::O_NOFOLLOW;
         if self.io.writeback() {
             // The kernel's writeback cache reads pages of write-only files
