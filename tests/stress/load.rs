@@ -1,0 +1,1 @@
+//! Load: stress-ng, dbench, fio, tar/rm loops and a mixed soak.
