@@ -36,6 +36,8 @@ mod upper_check;
 mod fsx;
 #[path = "stress/load.rs"]
 mod load;
+#[path = "stress/regressions.rs"]
+mod regressions;
 
 use common::*;
 use monitor::*;

@@ -19,8 +19,6 @@
 
 use super::*;
 
-use std::io::Write as _;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -235,97 +233,4 @@ fn fsx_cached_odirect() {
         direct: true,
         seed: 4,
     });
-}
-
-/// A 4 KiB-aligned buffer of `n` bytes inside `v`.
-fn aligned(v: &mut Vec<u8>, n: usize) -> &mut [u8] {
-    v.resize(n + 4096, 0);
-    let off = v.as_ptr().align_offset(4096);
-    &mut v[off..off + n]
-}
-
-/// O_DIRECT reads of a lower file, O_DIRECT writes to a new file and to a
-/// lower file (copy-up), with and without passthrough, give the same
-/// results as on kernel overlayfs. Regression: plyfs opened its own
-/// descriptor with O_DIRECT, so reads of lower files and every O_DIRECT
-/// I/O under passthrough=off failed with EINVAL (plyfs's buffers are not
-/// aligned).
-#[test]
-fn o_direct_on_lower_and_upper_files() {
-    if !runnable("o_direct_on_lower_and_upper_files") {
-        return;
-    }
-    for pt in ["on", "off", "all"] {
-        let l = Layers::new(1);
-        let data = pattern(7, 64 * 1024);
-        write(&l.lower(0).join("f"), &data);
-        let m = mount_with(&l, &format!("passthrough={pt}"));
-        let ops = |root: &Path| -> Vec<u8> {
-            let mut buf = Vec::new();
-            let direct = |w: bool| {
-                let mut o = std::fs::OpenOptions::new();
-                o.read(true).write(w).custom_flags(libc::O_DIRECT);
-                o
-            };
-            // Read a lower file.
-            let f = direct(false)
-                .open(root.join("f"))
-                .expect("open lower O_DIRECT");
-            let b = aligned(&mut buf, 16384);
-            let n = f
-                .read_at(b, 4096)
-                .unwrap_or_else(|e| panic!("passthrough={pt}: O_DIRECT read of a lower file: {e}"));
-            assert_eq!(n, 16384);
-            assert!(
-                b[..] == data[4096..4096 + 16384],
-                "passthrough={pt}: O_DIRECT read data"
-            );
-            drop(f);
-            // Write a new file.
-            let mut g = direct(true)
-                .create(true)
-                .truncate(true)
-                .open(root.join("g"))
-                .unwrap_or_else(|e| panic!("passthrough={pt}: create O_DIRECT: {e}"));
-            let b = aligned(&mut buf, 8192);
-            b.copy_from_slice(&data[..8192]);
-            g.write_all(b)
-                .unwrap_or_else(|e| panic!("passthrough={pt}: O_DIRECT write: {e}"));
-            drop(g);
-            // Write into the lower file (copy-up), read it back uncached.
-            let f = direct(true)
-                .open(root.join("f"))
-                .expect("open O_RDWR|O_DIRECT");
-            let b = aligned(&mut buf, 4096);
-            b.fill(0xa5);
-            f.write_at(b, 8192)
-                .unwrap_or_else(|e| panic!("passthrough={pt}: O_DIRECT write after copy-up: {e}"));
-            let b = aligned(&mut buf, 65536);
-            let n = f.read_at(b, 0).expect("O_DIRECT read back");
-            b[..n].to_vec()
-        };
-        let got = ops(&m.mnt);
-        let mut want = data.clone();
-        want[8192..12288].fill(0xa5);
-        assert!(
-            got == want,
-            "passthrough={pt}: data read back with O_DIRECT"
-        );
-        assert!(
-            read_all(&m.mnt.join("f")) == want,
-            "passthrough={pt}: buffered read after O_DIRECT write"
-        );
-        assert!(
-            read_all(&m.mnt.join("g")) == data[..8192],
-            "passthrough={pt}: new file"
-        );
-        let live = snapshot(&m.mnt);
-        drop(m);
-        // The kernel does the same on a fresh upper, and shows plyfs's.
-        upper_check::check_with_kernel(&l, &live, "O_DIRECT");
-        let k = Layers::new(1);
-        write(&k.lower(0).join("f"), &data);
-        let km = k.mount_kernel(upper_check::KERNEL_OPTS);
-        assert!(ops(&km.mnt) == want, "kernel overlayfs: O_DIRECT data");
-    }
 }
