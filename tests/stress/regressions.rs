@@ -161,3 +161,85 @@ fn seek_data_hole_sees_unflushed_writes() {
         drop(f);
     }
 }
+
+/// A file with more hard links than plyfs remembers names for (16), all
+/// made and removed through the mount, as stress-ng's `link` stressor
+/// does: plyfs forgot the file's remaining names, so SETATTR (the kernel
+/// flushing cached times after an unlink), open, chmod and link of the
+/// remaining name failed with ENOENT, and the kernel turned the failed
+/// flush into EIO from close() and a sticky writeback error on the mount
+/// (syncfs/fsync of unrelated files failed). Also with the other names in
+/// another directory, and with a name that shows in the lower layer (the
+/// upper object then went through the work dir, and the last unlink was
+/// not recognised as such).
+#[test]
+fn hard_links_beyond_remembered_names_stay_reachable() {
+    if !runnable("hard_links_beyond_remembered_names_stay_reachable") {
+        return;
+    }
+    for pt in ["off", "on"] {
+        let l = Layers::new(1);
+        write(&l.lower(0).join("d1/shadowed"), b"lower");
+        let m = mount_with(&l, &format!("passthrough={pt}"));
+        let d1 = m.mnt.join("d1");
+        let d2 = m.mnt.join("d2");
+        std::fs::create_dir(&d2).expect("mkdir d2");
+        let mount_dir = std::fs::File::open(&m.mnt).expect("open mount root");
+        let syncfs = |what: &str| {
+            // SAFETY: syncfs on a descriptor we hold.
+            let r = unsafe { libc::syncfs(mount_dir.as_raw_fd()) };
+            assert_eq!(
+                r,
+                0,
+                "passthrough={pt}, {what}: syncfs: {}",
+                std::io::Error::last_os_error()
+            );
+        };
+        for (base, links_in) in [("base", &d1), ("base2", &d2), ("shadowed", &d1)] {
+            let bp = d1.join(base);
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&bp)
+                .expect("create");
+            for round in 0..3 {
+                for j in 0..40 {
+                    let n = links_in.join(format!("{base}-n{j}"));
+                    std::fs::hard_link(&bp, &n).unwrap_or_else(|e| {
+                        panic!("passthrough={pt}, {base} round {round}: link: {e}")
+                    });
+                    std::fs::symlink_metadata(&n).expect("lstat link");
+                }
+                for j in 0..40 {
+                    std::fs::remove_file(links_in.join(format!("{base}-n{j}"))).expect("unlink");
+                }
+                f.write_all(b"more").expect("write");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&bp)
+                    .unwrap_or_else(|e| panic!("passthrough={pt}, {base}: reopen: {e}"));
+                std::fs::set_permissions(&bp, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+                    .unwrap_or_else(|e| panic!("passthrough={pt}, {base}: chmod: {e}"));
+                syncfs(base);
+            }
+            // SAFETY: close of a descriptor we own; its error is the point.
+            let r = unsafe { libc::close(std::os::fd::IntoRawFd::into_raw_fd(f)) };
+            assert_eq!(
+                r,
+                0,
+                "passthrough={pt}, {base}: close: {}",
+                std::io::Error::last_os_error()
+            );
+            std::fs::hard_link(&bp, d1.join(format!("{base}-kept")))
+                .unwrap_or_else(|e| panic!("passthrough={pt}, {base}: link after: {e}"));
+            assert_eq!(read_all(&bp), b"moremoremore", "passthrough={pt}, {base}");
+        }
+        syncfs("end");
+        drop(mount_dir);
+        let live = snapshot(&m.mnt);
+        drop(m);
+        upper_check::check_with_kernel(&l, &live, "hard links");
+    }
+}
