@@ -134,7 +134,7 @@ impl Plyfs {
         if let Some(u) = &self.upper {
             let st = sys::fs::fstat(u.root.as_fd())?;
             state.upper = Some((st.dev, st.ino));
-            let dir = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let dir = sys::fs::open_dir_here(u.root.as_fd())?;
             let m = crate::lower::root_markers(dir.as_fd(), &[self.cfg.prefix]);
             state.opaque = m.opaque == crate::whiteout::OpaqueValue::Opaque;
             state.impure = m.impure;
@@ -502,7 +502,7 @@ impl Plyfs {
         if self.cfg.volatile {
             return;
         }
-        if let Ok(d) = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        if let Ok(d) = sys::fs::open_dir_here(fd.as_fd()) {
             let _ = sys::io::fsync(d.as_fd(), false);
         }
     }

@@ -173,14 +173,12 @@ fn is_xattr_whiteout(
     Ok(whiteout::file_markers(dir, name.as_cstr(), prefixes)?.xattr_whiteout)
 }
 
-const BOTH: [Prefix; 2] = [Prefix::Trusted, Prefix::User];
-
 impl Plyfs {
     /// Prefixes whose markers count in the upper layer.
     pub fn upper_prefixes(&self) -> &'static [Prefix] {
         // Markers from either prefix are honoured, so an upper written by a
         // rootless mount reads the same when mounted by root.
-        &BOTH
+        &Prefix::BOTH
     }
 
     /// Resolves `name` in the merged directory `parent`.
@@ -326,7 +324,7 @@ impl Plyfs {
                 || (st.is_reg()
                     && st.size == 0
                     && pobj.dir_info()?.xattr_whiteouts
-                    && is_xattr_whiteout(pfd.as_fd(), &last, &st, &BOTH)?)
+                    && is_xattr_whiteout(pfd.as_fd(), &last, &st, &Prefix::BOTH)?)
             {
                 break;
             }

@@ -427,6 +427,22 @@ pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> Sy
     .map(drop)
 }
 
+/// Opens `dir` itself again as a readable directory (for listing it or
+/// for `f*` calls that need a non-`O_PATH` descriptor).
+pub fn open_dir_here(dir: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+/// `openat` with `O_NOATIME`, so that reading a layer does not update its
+/// access times (as kernel overlayfs does); the flag needs ownership or
+/// CAP_FOWNER, so without them the open goes ahead without it.
+pub fn openat_noatime(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    match openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => openat(dir, name, flags, 0),
+        other => other,
+    }
+}
+
 /// Duplicates a descriptor (close-on-exec).
 pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned().map_err(super::Errno::from)
