@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::attr::{self, AttrOpts};
 use crate::fdcache::FdHolder;

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
