@@ -496,14 +496,4 @@ impl Plyfs {
             name: name.as_bytes().into(),
         });
     }
-
-    /// Flushes a directory to disk unless the mount is volatile.
-    pub fn sync_dir(&self, fd: &OwnedFd) {
-        if self.cfg.volatile {
-            return;
-        }
-        if let Ok(d) = sys::fs::open_dir_here(fd.as_fd()) {
-            let _ = sys::io::fsync(d.as_fd(), false);
-        }
-    }
 }

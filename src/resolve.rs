@@ -143,12 +143,6 @@ impl Found {
         }
     }
 
-    /// The identity of the real object the name shows.
-    pub fn real_ident(&self) -> Option<Ident> {
-        self.upper
-            .or_else(|| self.lowers.first().map(|l| (l.dev, l.ino)))
-    }
-
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }

@@ -17,7 +17,6 @@ use crate::rmtree::remove_tree;
 use crate::sys::{self, Errno};
 
 pub const WORK: &CStr = c"work";
-pub const INDEX: &CStr = c"index";
 pub const INCOMPAT: &CStr = c"incompat";
 pub const VOLATILE: &CStr = c"volatile";
 
