@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::ops::fileattr::Change;
@@ -29,7 +29,7 @@ impl Plyfs {
     /// attributes when something changed.
     pub fn do_kill_suidgid(&self, ino: u64) -> Result<Option<FileAttr>> {
         let attr = self.do_getattr(ino, None)?;
-        if attr.kind != fuser::FileType::RegularFile {
+        if attr.kind != libc::S_IFREG {
             return Ok(None);
         }
         let mode = u32::from(attr.perm);
