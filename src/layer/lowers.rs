@@ -78,6 +78,7 @@ impl LowerView {
         };
         let checked = crate::setup::Checked {
             lowers,
+            data: Vec::new(),
             upper: None,
             work: None,
             mountpoint: PathBuf::from("/"),

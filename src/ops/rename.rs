@@ -100,6 +100,11 @@ impl Plyfs {
                 self.set_redirect(d, &npfd, newname, same)?;
                 self.opaque_if_pure(d, &df, &npfd, newname, &parent)?;
             }
+            // Metacopy files record where their data is before they move.
+            self.set_metacopy_redirect(&src, (&pfd, name), &parent, same)?;
+            if let Some(d) = dnode.as_ref().filter(|d| !d.is_dir()) {
+                self.set_metacopy_redirect(d, (&npfd, newname), &newparent, same)?;
+            }
             sys::fs::renameat2(
                 pfd.as_fd(),
                 name.as_cstr(),
@@ -160,6 +165,10 @@ impl Plyfs {
         if sf.is_dir() {
             self.set_redirect(&src, &pfd, name, Arc::ptr_eq(&parent, &newparent))?;
             self.opaque_if_pure(&src, &sf, &pfd, name, &newparent)?;
+        } else {
+            // A metacopy file records where its data is before it moves.
+            let same = Arc::ptr_eq(&parent, &newparent);
+            self.set_metacopy_redirect(&src, (&pfd, name), &parent, same)?;
         }
         let src_needs_whiteout = self.lower_presence(&parent, name)?;
         if let Some(df) = replaced
