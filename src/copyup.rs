@@ -120,6 +120,10 @@ impl Plyfs {
     /// loop.
     pub fn copy_up_opts(&self, node: &Arc<Node>, data: DataMode) -> Result<()> {
         if node.has_upper() {
+            // An indexed hard link may still need its name linked up.
+            if self.index.is_some() {
+                return self.index_link_up(node, None);
+            }
             return Ok(());
         }
         self.upper_layer()?;
@@ -151,7 +155,9 @@ impl Plyfs {
         let (parent, name) = self.parent_of(node)?;
         let lower = node.top_lower()?;
         let lst = lower.stat()?;
-        // Other names of a multiply-linked lower file get linked to the copy.
+        // Other names of a multiply-linked lower file get linked to the
+        // copy; with index=on the copy goes through the index.
+        let indexed = !node.is_dir() && lst.nlink > 1 && self.index_active();
         let siblings = if !node.is_dir() && lst.nlink > 1 {
             self.lower_siblings(node, &lower, (&parent, &name))?
         } else {
@@ -161,14 +167,19 @@ impl Plyfs {
         if node.has_upper() {
             return Ok(());
         }
-        self.copy_up_locked(node, &parent, &name, &lower, &lst, data)?;
+        self.copy_up_locked(node, &parent, &name, &lower, &lst, data, indexed)?;
         if !siblings.is_empty() {
             let pfd = self.upper_dir_fd(&parent)?;
             self.link_siblings(node, (&pfd, &name), &siblings);
         }
+        if indexed {
+            // The overlay still counts the lower links.
+            self.index_copied_up(node, lst.nlink)?;
+        }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn copy_up_locked(
         &self,
         node: &Arc<Node>,
@@ -177,6 +188,7 @@ impl Plyfs {
         lower: &Arc<LowerObj>,
         lst: &Stat,
         data: DataMode,
+        indexed: bool,
     ) -> Result<()> {
         let work = self.work()?;
         let (lpfd, lname) = lower.locate()?;
@@ -196,7 +208,9 @@ impl Plyfs {
             }
         };
         let pfd = self.upper_dir_fd(parent)?;
-        let placed = {
+        let placed = if indexed {
+            self.index_place_staged(node, parent, &pfd, &tmp, name, lower, lst)
+        } else {
             let _pg = parent.dir_lock.lock();
             self.place_staged(&pfd, &tmp, name, parent)
         };
@@ -429,7 +443,11 @@ impl Plyfs {
         Ok(())
     }
 
-    fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
+    /// The UUID a lower file handle carries (null with `uuid=off`).
+    pub(crate) fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
+        if self.cfg.features.uuid == crate::options::UuidMode::Off {
+            return [0; 16];
+        }
         self.lowers
             .iter()
             .find(|l| l.root.dev == dev)

@@ -89,6 +89,8 @@ pub struct Plyfs {
     /// Data-only lower layers: reached only through absolute redirects of
     /// metacopy files (see `metacopy`).
     pub data_layers: Vec<LowerLayer>,
+    /// The inode index (`WORKDIR/index`), when in use (see `index`).
+    pub index: Option<crate::index::IndexDir>,
     pub table: Table,
     pub inos: InoMap,
     pub handles: Handles,
@@ -121,6 +123,7 @@ impl Plyfs {
             upper,
             lowers,
             data_layers: Vec::new(),
+            index: None,
             table: Table::new(),
             inos: InoMap::new(&devs, ino32, tag),
             handles: Handles::new(),
@@ -289,6 +292,8 @@ impl Plyfs {
             };
             places.push((pfd, Name::new(&a.name)?));
         }
+        // A hard link copied up through the index, at none of these names.
+        places.extend(self.index_place(want));
         Ok((want, places))
     }
 
@@ -490,6 +495,7 @@ impl Plyfs {
         let mut st = *st;
         // Blocks of a metacopy file's data; nlink of an indexed hard link.
         self.metacopy_stat(node, &mut st);
+        self.index_stat(node, &mut st);
         if self.cfg.xattr_permissions > 0 {
             self.apply_override(node, &mut st)?;
         }

@@ -417,9 +417,13 @@ impl Plyfs {
             && self.follow_metacopy()
             && self.lower_is_metacopy(dir, e, stack)?;
         let plain = !e.metacopy && !lower_metacopy;
+        // Hard links the index may know of take a full lookup too.
+        let indexed =
+            |st: &sys::fs::Stat| self.index.is_some() && e.kind != libc::S_IFDIR && st.nlink > 1;
         match st {
             Ok(st)
                 if plain
+                    && !indexed(&st)
                     && Some(st.ino) == expected
                     && st.file_type() == e.kind
                     && e.redirect.is_none() =>

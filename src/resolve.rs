@@ -248,6 +248,9 @@ impl Plyfs {
                             let stack = self.dir_stack(parent)?;
                             self.upper_metacopy(&stack, name, &mut f, &m)?;
                         }
+                        if st.nlink > 1 && f.origin.is_some() {
+                            self.index_check_upper(&f);
+                        }
                         return Ok(Lookup::Found(f));
                     }
                 }
@@ -274,6 +277,10 @@ impl Plyfs {
                 let mut f = Found::lower(st, vec![obj]);
                 if st.is_reg() && self.follow_metacopy() {
                     self.lower_metacopy(&stack, name, &mut f)?;
+                }
+                if st.nlink > 1 && self.index.is_some() {
+                    // A hard link the index may hold an upper copy of.
+                    self.index_lookup(&mut f)?;
                 }
                 Ok(Lookup::Found(f))
             }
@@ -487,8 +494,10 @@ impl Plyfs {
                 }
             }
             let zero = o.uuid == [0; 16];
+            // uuid=off: handles carry a null UUID, and only those count.
+            let off = self.cfg.features.uuid == crate::options::UuidMode::Off;
             for layer in &self.lowers {
-                if (zero || layer.uuid == o.uuid)
+                if (zero || (!off && layer.uuid == o.uuid))
                     && let Some(ino) = o.inode_number(layer.fs_magic)
                 {
                     return Ok((layer.root.dev, ino));

@@ -470,7 +470,55 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         }
         _ => None,
     };
-    let features = crate::features::resolve(o, upper.is_some(), prefix == Prefix::User)?;
+    let mut features = crate::features::resolve(o, upper.is_some(), prefix == Prefix::User)?;
+    // uuid=off applies where all layers share one filesystem (else the
+    // layer UUIDs are needed to tell handles apart), as in the kernel.
+    let devs: Vec<u64> = lowers
+        .iter()
+        .map(|l| l.root.dev)
+        .chain(upper.as_ref().map(|u| u.dev))
+        .collect();
+    if features.uuid == crate::options::UuidMode::Off && devs.iter().any(|d| *d != devs[0]) {
+        features.uuid = crate::options::UuidMode::Null;
+    }
+    let index = match &upper {
+        Some(u) => {
+            let root = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| {
+                    format!("cannot read upperdir {}: {}", u.path.display(), describe(e))
+                })?;
+            let (uuid_mode, _) = crate::ovl_uuid::init(features.uuid, root.as_fd(), prefix);
+            if features.uuid != crate::options::UuidMode::Off {
+                features.uuid = uuid_mode;
+            }
+            let off = features.uuid == crate::options::UuidMode::Off;
+            let null = [0u8; 16];
+            let top = lowers.first().ok_or("missing lowerdir=")?;
+            let top_fd = top.root.dir_fd().map_err(|e| {
+                format!(
+                    "cannot open lowerdir {}: {}",
+                    top.path.display(),
+                    describe(e)
+                )
+            })?;
+            let layers = crate::index::SetupLayers {
+                work_base: u.work.base.as_fd(),
+                upper_root: u.root.as_fd(),
+                upper_uuid: if off {
+                    null
+                } else {
+                    sys::handle::fs_uuid(root.as_fd())
+                },
+                top_lower_root: top_fd.as_fd(),
+                lower_uuid: if off { null } else { top.uuid },
+                prefix,
+            };
+            let ix = crate::index::setup(features.index, &layers)?;
+            features.index = ix.as_ref().is_some_and(|i| i.active);
+            ix
+        }
+        None => None,
+    };
     let cfg = Config {
         features,
         prefix,
@@ -500,6 +548,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     let mut fs = Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))?;
     fs.data_layers = data_layers;
+    fs.index = index;
     Ok(fs)
 }
 

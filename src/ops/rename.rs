@@ -69,9 +69,13 @@ impl Plyfs {
         self.copy_up(&parent)?;
         self.copy_up(&newparent)?;
         self.prepare_operand(&src)?;
+        let mut indexed_victim = None;
         if flags & EXCHANGE != 0 {
             let dst = self.node_at(&newparent, newname)?;
             self.prepare_operand(&dst)?;
+        } else if !Arc::ptr_eq(&parent, &newparent) || name.as_bytes() != newname.as_bytes() {
+            // An indexed hard link about to be replaced: counted as an unlink.
+            indexed_victim = self.index_before_remove(&newparent, newname)?;
         }
         let _locks = lock_dirs(&parent, &newparent);
         let sf = self.resolve_found(&parent, name)?;
@@ -239,6 +243,10 @@ impl Plyfs {
             self.mark_impure(&newparent, &npfd);
         }
         self.after_rename(&parent, &newparent);
+        if let Some(u) = indexed_victim.filter(|u| Some(*u) != sf.upper) {
+            let victim = self.inos_node(u);
+            self.index_after_remove(u, victim.as_ref());
+        }
         Ok(())
     }
 

@@ -117,6 +117,15 @@ pub(crate) const VARIANTS: &[Variant] = &[
         allowed: all_ops,
         compare_uppers: true,
     },
+    // Metadata-only copy-up: chown, chmod, utimes, xattrs, links and
+    // renames of lower files leave their data below; writes copy it.
+    Variant {
+        name: "metacopy",
+        kernel_opts: "redirect_dir=on,index=off,metacopy=on",
+        plyfs_opts: "redirect_dir=on,metacopy=on",
+        allowed: all_ops,
+        compare_uppers: true,
+    },
 ];
 
 /// Configurations not run by default (not passing yet); run one with
