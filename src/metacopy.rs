@@ -410,7 +410,8 @@ impl Plyfs {
     /// Looks an absolute path up in the data-only layers, top first: every
     /// component but the last must be a directory, the last a regular file;
     /// symlinks are never followed (the kernel's `LOOKUP_BENEATH |
-    /// LOOKUP_NO_SYMLINKS`). The error of the last layer tried when none
+    /// LOOKUP_NO_SYMLINKS` without `LOOKUP_FOLLOW`: ELOOP in the middle,
+    /// ENOENT as the last component). The error of the last layer tried when none
     /// has it.
     pub fn lookup_data_layers(&self, path: &[u8]) -> Result<Arc<LowerObj>> {
         let comps: Vec<&[u8]> = path
@@ -436,7 +437,9 @@ impl Plyfs {
                 let last = i + 1 == comps.len();
                 let ok = if last { st.is_reg() } else { st.is_dir() };
                 if !ok {
-                    err = if st.is_symlink() {
+                    // A symlink in the middle is refused (ELOOP); the
+                    // last component is not followed, and not a file.
+                    err = if st.is_symlink() && !last {
                         Errno::ELOOP
                     } else if last {
                         Errno::ENOENT

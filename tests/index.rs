@@ -116,10 +116,18 @@ fn index_on_matches_the_kernel_both_ways() {
     // Each reads the other's layers.
     {
         let k = lp.mount_kernel("index=on,redirect_dir=on");
-        assert_eq!(shape(&facts(&k.mnt)), shape(&after_p), "kernel over plyfs's layers");
+        assert_eq!(
+            shape(&facts(&k.mnt)),
+            shape(&after_p),
+            "kernel over plyfs's layers"
+        );
     }
     let m = plyfs(&lk, "index=on");
-    assert_eq!(shape(&facts(&m.mnt)), shape(&after_k), "plyfs over the kernel's layers");
+    assert_eq!(
+        shape(&facts(&m.mnt)),
+        shape(&after_k),
+        "plyfs over the kernel's layers"
+    );
 }
 
 /// Names the kernel's index holds but never linked into the upper (only
@@ -153,7 +161,11 @@ fn kernel_index_entries_read_by_plyfs() {
     let f = facts(&k.mnt);
     let x = f.iter().find(|e| e.0 == "a/x").unwrap();
     let z = f.iter().find(|e| e.0 == "z").unwrap();
-    assert_eq!((x.1, x.3, &x.4[..]), (2, 0o640, &b"new data\n"[..]), "{f:?}");
+    assert_eq!(
+        (x.1, x.3, &x.4[..]),
+        (2, 0o640, &b"new data\n"[..]),
+        "{f:?}"
+    );
     assert_eq!(x.2, z.2);
     assert!(!k.mnt.join("b/y").exists());
 }
@@ -176,8 +188,13 @@ fn index_refuses_other_lower_layers() {
         l.upper.display(),
         l.work.display()
     );
-    assert!(KernelMount::mount(&l.mnt, &opts).is_err(), "kernel mounted it");
-    let e = PlyfsMount::start(&l.mnt, &opts, &[]).err().expect("plyfs mounted it");
+    assert!(
+        KernelMount::mount(&l.mnt, &opts).is_err(),
+        "kernel mounted it"
+    );
+    let e = PlyfsMount::start(&l.mnt, &opts, &[])
+        .err()
+        .expect("plyfs mounted it");
     assert!(e.contains("index=on"), "{e}");
     // Without the index both mount it.
     let off = opts.replace("index=on", "index=off");

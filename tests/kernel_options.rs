@@ -97,7 +97,11 @@ fn options_accepted_and_refused_like_the_kernel() {
             _ => {}
         }
     }
-    assert!(bad.is_empty(), "options handled unlike the kernel:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "options handled unlike the kernel:\n{}",
+        bad.join("\n")
+    );
 }
 
 /// Refusals explain themselves the kernel's way.
@@ -107,9 +111,18 @@ fn refusal_messages() {
         return;
     }
     for (opts, want) in [
-        ("metacopy=on,redirect_dir=nofollow", "conflicting options: metacopy=on,redirect_dir=nofollow"),
-        ("userxattr,metacopy=on", "conflicting options: userxattr,metacopy=on"),
-        ("nfs_export=on,index=off", "conflicting options: nfs_export=on,index=off"),
+        (
+            "metacopy=on,redirect_dir=nofollow",
+            "conflicting options: metacopy=on,redirect_dir=nofollow",
+        ),
+        (
+            "userxattr,metacopy=on",
+            "conflicting options: userxattr,metacopy=on",
+        ),
+        (
+            "nfs_export=on,index=off",
+            "conflicting options: nfs_export=on,index=off",
+        ),
         ("nfs_export=on", "nfs_export=on is not supported"),
         ("verity=yes", "option verity"),
     ] {
@@ -146,7 +159,11 @@ fn uuid_marks_the_upper_like_the_kernel() {
         let (lk, lp) = (mk(), mk());
         drop(lk.mount_kernel(opts));
         drop(PlyfsMount::start(&lp.mnt, &format!("{},{opts}", lp.options()), &[]).unwrap());
-        assert_eq!(has_uuid(&lp), has_uuid(&lk), "{opts}, used before: {used_before}");
+        assert_eq!(
+            has_uuid(&lp),
+            has_uuid(&lk),
+            "{opts}, used before: {used_before}"
+        );
         // A later mount keeps the same UUID.
         if has_uuid(&lp) {
             let u = get_xattr(&lp.upper, "trusted.overlay.uuid").unwrap();
