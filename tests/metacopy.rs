@@ -665,3 +665,137 @@ fn verity_require_like_the_kernel() {
     assert_eq!(p, k);
     assert_eq!(p, Some(libc::EIO));
 }
+
+// ---- plyfs diff / apply ------------------------------------------------------------
+
+fn run_plyfs(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let o = std::process::Command::new(PLYFS)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run plyfs");
+    assert!(
+        o.status.success(),
+        "plyfs {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// `plyfs diff` of an upper holding metacopy files whose data is in a
+/// lower layer (chown of a plain lower file) or at the end of a chain (a
+/// metacopy lower file redirected into a data-only layer, given after `::`
+/// as in `lowerdir=`): the layer carries the data, never the zeros of the
+/// placeholders, and `plyfs apply` of it over the flattened image gives
+/// the tree the mount showed.
+#[test]
+fn diff_carries_metacopy_data_from_lower_and_data_only_layers() {
+    if !ready("diff_carries_metacopy_data_from_lower_and_data_only_layers") {
+        return;
+    }
+    let img = Image::new();
+    let o = format!(
+        "lowerdir={}::{}::{},upperdir={},workdir={},metacopy=on",
+        img.p("meta"),
+        img.p("d1"),
+        img.p("d2"),
+        img.p("upper"),
+        img.p("work")
+    );
+    let m = img.mnt();
+    let (conf, tool) = {
+        let _m = PlyfsMount::start(&m, &o, &[]).expect("mount plyfs");
+        chmod(&m.join("etc/conf"), 0o600);
+        std::os::unix::fs::lchown(m.join("bin/tool"), Some(3), Some(4)).unwrap();
+        std::fs::rename(m.join("bin/tool"), m.join("etc/tool")).unwrap();
+        chmod(&m.join("etc/plain"), 0o600);
+        (
+            std::fs::read(m.join("etc/conf")).unwrap(),
+            std::fs::read(m.join("etc/tool")).unwrap(),
+        )
+    };
+    assert_eq!(conf, b"config from d1\n");
+    assert_eq!(tool, b"binary from d2\n");
+    let up = img.dir.path().join("upper");
+    for f in ["etc/conf", "etc/tool", "etc/plain"] {
+        assert!(get_xattr(&up.join(f), META).is_ok(), "{f} is not metacopy");
+    }
+    let layer = img.dir.path().join("layer.tar");
+    let lower = format!("{}::{}::{}", img.p("meta"), img.p("d1"), img.p("d2"));
+    let out = run_plyfs(&[
+        "diff".as_ref(),
+        "-v".as_ref(),
+        "--lower".as_ref(),
+        lower.as_ref(),
+        up.as_os_str(),
+        "-o".as_ref(),
+        layer.as_os_str(),
+    ]);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(summary.contains("3 metacopy files"), "{summary}");
+    // Without the data-only layers the chain has no end: refused, not zeros.
+    let short = std::process::Command::new(PLYFS)
+        .args([
+            "diff".as_ref(),
+            "--lower".as_ref(),
+            img.p("meta").as_ref(),
+            up.as_os_str(),
+        ])
+        .args(["-o".as_ref(), img.dir.path().join("bad.tar").as_os_str()])
+        .output()
+        .unwrap();
+    assert!(
+        !short.status.success(),
+        "diff without the data layers succeeded"
+    );
+    // Applied as a new layer over a flattened copy of the image (data-only
+    // layers are not part of the merged tree: the metadata layer with its
+    // data filled in), kernel overlayfs and plyfs show what the mount
+    // showed.
+    let flat = img.dir.path().join("flat");
+    for d in ["etc", "bin"] {
+        std::fs::create_dir_all(flat.join(d)).unwrap();
+    }
+    write(&flat.join("etc/conf"), b"config from d1\n");
+    write(&flat.join("bin/tool"), b"binary from d2\n");
+    write(&flat.join("etc/plain"), b"a plain file\n");
+    let applied = img.dir.path().join("applied");
+    std::fs::create_dir(&applied).unwrap();
+    run_plyfs(&["apply".as_ref(), layer.as_os_str(), applied.as_os_str()]);
+    let ro = format!("lowerdir={}:{}", applied.display(), flat.display());
+    let check = |who: &str| {
+        assert_eq!(
+            std::fs::read(m.join("etc/conf")).unwrap(),
+            b"config from d1\n",
+            "{who}"
+        );
+        assert_eq!(
+            std::fs::read(m.join("etc/tool")).unwrap(),
+            b"binary from d2\n",
+            "{who}"
+        );
+        assert!(
+            !m.join("bin/tool").exists(),
+            "{who}: old name of the rename is back"
+        );
+        assert_eq!(
+            std::fs::read(m.join("etc/plain")).unwrap(),
+            b"a plain file\n",
+            "{who}"
+        );
+        let md = std::fs::metadata(m.join("etc/tool")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (3, 4), "{who}");
+        let mode = |f: &str| std::fs::metadata(m.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode("etc/conf"), mode("etc/plain")),
+            (0o600, 0o600),
+            "{who}"
+        );
+    };
+    {
+        let _k = KernelMount::mount(&m, &ro).unwrap();
+        check("kernel");
+    }
+    let _p = PlyfsMount::start(&m, &ro, &[]).expect("mount plyfs");
+    check("plyfs");
+}
