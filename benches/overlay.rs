@@ -47,6 +47,9 @@
 //! trusted.overlay.opaque and dropping caches. Without root the tree uses OCI
 //! whiteouts (`.wh.NAME`, `.wh..wh..opq`) and caches stay warm (it says so).
 
+#[path = "support/chown_meta.rs"]
+mod chown_meta;
+
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;
@@ -1880,12 +1883,13 @@ fn main() {
             println!("{:<12} {}", w.name, (w.describe)(sizes, None));
         }
         println!("{DIFF_WORKLOAD:<12} {DIFF_DESCRIPTION}");
+        println!("{:<12} {}", chown_meta::NAME, chown_meta::DESCRIPTION);
         return;
     }
     let selected: Vec<&Workload> = match &cfg.only {
         Some(names) => {
             for n in names {
-                if n != DIFF_WORKLOAD && !all.iter().any(|w| w.name == n) {
+                if n != DIFF_WORKLOAD && n != chown_meta::NAME && !all.iter().any(|w| w.name == n) {
                     eprintln!("overlay bench: unknown workload {n:?} (see --list)");
                     std::process::exit(2);
                 }
@@ -1900,9 +1904,25 @@ fn main() {
         .only
         .as_ref()
         .is_none_or(|names| names.iter().any(|n| n == DIFF_WORKLOAD));
-    if let Err(e) = real_main(&cfg, sizes, &selected, want_diff) {
-        eprintln!("overlay bench: {e}");
-        std::process::exit(1);
+    let want_chown = cfg
+        .only
+        .as_ref()
+        .is_none_or(|names| names.iter().any(|n| n == chown_meta::NAME));
+    // chown-meta has its own small tree: alone, the big one is not built.
+    if !selected.is_empty() || want_diff {
+        if let Err(e) = real_main(&cfg, sizes, &selected, want_diff) {
+            eprintln!("overlay bench: {e}");
+            std::process::exit(1);
+        }
+    }
+    if want_chown && !INTERRUPTED.load(Ordering::SeqCst) {
+        match chown_meta::run(&cfg.dir, cfg.reps, &find_bins().plyfs, is_root()) {
+            Ok(table) => println!("\n{table}"),
+            Err(e) => {
+                eprintln!("overlay bench: {}: {e}", chown_meta::NAME);
+                std::process::exit(1);
+            }
+        }
     }
 }
 
