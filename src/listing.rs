@@ -102,6 +102,8 @@ pub struct Listing {
     pub version: u64,
     /// The lower stack the listing was made from.
     pub stack: Arc<[Arc<LowerObj>]>,
+    /// Some upper entry is a metacopy file.
+    pub has_metacopy: bool,
 }
 
 enum Seen {
@@ -320,6 +322,7 @@ impl Plyfs {
         }
         assign_cookies(&mut entries);
         Ok(Listing {
+            has_metacopy: entries.iter().any(|e| e.metacopy),
             entries,
             version,
             stack,

@@ -213,14 +213,35 @@ fn metacopy_files_refused_without_metacopy_on() {
         let m = plyfs(&l, "metacopy=on");
         meta_changes(&m.mnt);
     }
-    let probe = |mnt: &Path| -> Vec<(String, i32)> {
-        ["a/f", "a/g", "a/top", "b/hl2", "c"]
+    // Reading, stat and a listing of the directory: what each gives.
+    let probe = |mnt: &Path| -> Vec<(String, i32, i32)> {
+        let mut v: Vec<(String, i32, i32)> = ["a/f", "a/g", "a/h", "a/top", "a/caps", "b/hl2", "c"]
             .iter()
             .map(|f| {
                 let r = std::fs::read(mnt.join(f));
-                (f.to_string(), r.err().map_or(0, |e| errno(&e)))
+                let st = std::fs::symlink_metadata(mnt.join(f));
+                (
+                    f.to_string(),
+                    r.err().map_or(0, |e| errno(&e)),
+                    st.err().map_or(0, |e| errno(&e)),
+                )
             })
-            .collect()
+            .collect();
+        // The kernel looks entries of an impure directory up for d_ino:
+        // the listing fails as a lookup does.
+        let listing: std::io::Result<Vec<String>> =
+            std::fs::read_dir(mnt.join("a")).and_then(|rd| {
+                rd.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            });
+        match listing {
+            Ok(mut names) => {
+                names.sort();
+                v.push((names.join(","), 0, 0));
+            }
+            Err(e) => v.push(("readdir a".into(), errno(&e), 0)),
+        }
+        v
     };
     let k = {
         let k = kernel(&l, "redirect_dir=on,metacopy=off");
