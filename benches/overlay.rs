@@ -1909,11 +1909,11 @@ fn main() {
         .as_ref()
         .is_none_or(|names| names.iter().any(|n| n == chown_meta::NAME));
     // chown-meta has its own small tree: alone, the big one is not built.
-    if !selected.is_empty() || want_diff {
-        if let Err(e) = real_main(&cfg, sizes, &selected, want_diff) {
-            eprintln!("overlay bench: {e}");
-            std::process::exit(1);
-        }
+    if (!selected.is_empty() || want_diff)
+        && let Err(e) = real_main(&cfg, sizes, &selected, want_diff)
+    {
+        eprintln!("overlay bench: {e}");
+        std::process::exit(1);
     }
     if want_chown && !INTERRUPTED.load(Ordering::SeqCst) {
         match chown_meta::run(&cfg.dir, cfg.reps, &find_bins().plyfs, is_root()) {

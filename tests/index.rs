@@ -56,7 +56,10 @@ fn facts(mnt: &Path) -> Facts {
 /// Inode numbers differ between the implementations with index=on (plyfs
 /// keeps the lower number, the kernel too, but they are not compared
 /// across trees): which names share one is compared instead.
-fn shape(f: &Facts) -> Vec<(String, u64, Vec<String>, u32, Vec<u8>)> {
+/// (path, st_nlink, names sharing its inode, mode, content).
+type Shape = Vec<(String, u64, Vec<String>, u32, Vec<u8>)>;
+
+fn shape(f: &Facts) -> Shape {
     f.iter()
         .map(|(p, n, ino, mode, data)| {
             let same: Vec<String> = f

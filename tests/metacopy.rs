@@ -117,7 +117,10 @@ fn moves(m: &Path) {
 
 /// What an upper layer holds, with handle values (which differ between
 /// trees) and the overlay's own uuid masked.
-fn upper_view(l: &Layers) -> Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// (path, size, xattrs) of every upper object.
+type UpperView = Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+fn upper_view(l: &Layers) -> UpperView {
     let mut out = Vec::new();
     for (p, e) in snapshot(&l.upper) {
         let x = e
@@ -317,7 +320,7 @@ fn renames_and_links_record_kernel_redirects() {
     assert_no_diff_but_hardlinks(&sp, &sk, "plyfs", "kernel");
     // Hard links inside a lower layer: plyfs keeps them together (see
     // README), so its upper differs there; everything else is the same.
-    let strip = |v: Vec<(String, u64, Vec<(Vec<u8>, Vec<u8>)>)>| -> Vec<_> {
+    let strip = |v: UpperView| -> UpperView {
         v.into_iter()
             .filter(|(p, _, _)| !p.starts_with("b/hl"))
             .collect()
@@ -476,7 +479,10 @@ impl Image {
 }
 
 /// What each name of the image shows: contents, or the errno of reading.
-fn image_view(mnt: &Path) -> Vec<(String, Result<Vec<u8>, i32>, Option<u32>)> {
+/// (path, contents or errno, mode) of each name of the image.
+type ImageView = Vec<(String, Result<Vec<u8>, i32>, Option<u32>)>;
+
+fn image_view(mnt: &Path) -> ImageView {
     let mut out = Vec::new();
     for f in [
         "etc/conf",
