@@ -3,9 +3,11 @@
 //! over its own copy of an identical seeded random layer tree (2-3 lower
 //! layers with merged, lower-only and opaque directories, kernel-format
 //! whiteouts, hard links, symlinks, a FIFO, xattrs, foreign owners), in
-//! each of [`VARIANTS`]: `plain` (redirect_dir=off on both) and `redirect`
-//! (directory renames and moves recorded with `overlay.redirect`). Each CI
-//! run does 2 variants x 7 seeds x 1000 operations.
+//! each of [`VARIANTS`]: `plain` (redirect_dir=off on both), `redirect`
+//! (directory renames and moves recorded with `overlay.redirect`),
+//! `metacopy` (metadata-only copy-up, `metacopy=on`) and `index` (the inode
+//! index, `index=on`, with writes to lower hard links). Each CI run does 4
+//! variants x 7 seeds x 1000 operations.
 //!
 //! Checked:
 //! - after every operation: success or the exact errno, and any data
