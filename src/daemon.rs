@@ -266,6 +266,13 @@ fn serve(
     checked: crate::setup::Checked,
     mut pipe: Option<OwnedFd>,
 ) -> Result<(), String> {
+    // Block the signals before any thread starts (the work-dir reaper may
+    // start while mounting): every thread inherits the mask, so a SIGTERM
+    // that arrives early waits for the signal thread instead of killing the
+    // daemon with its default action.
+    if let Err(e) = sys::process::block_signals(&SIGNALS) {
+        log::warn!("cannot block signals: {e:?}");
+    }
     let limit = sys::process::raise_nofile_limit(1 << 20);
     // Keep a quarter of the descriptors for open files and the rest of us.
     crate::fdcache::set_budget_from_limit(limit);
@@ -300,9 +307,6 @@ fn serve(
         let _ = sys::process::chdir(c"/");
     }
     report(&mut pipe, b"ok");
-    if let Err(e) = sys::process::block_signals(&SIGNALS) {
-        log::warn!("cannot block signals: {e:?}");
-    }
     let mut unmounter = session.unmount_callable();
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
