@@ -51,6 +51,8 @@ use std::time::{Duration, Instant};
 
 #[path = "overlay/args.rs"]
 mod args;
+#[path = "overlay/chown_meta.rs"]
+mod chown_meta;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "overlay/diff.rs"]
@@ -157,12 +159,13 @@ fn main() {
             println!("{:<12} {}", w.name, (w.describe)(sizes, None));
         }
         println!("{DIFF_WORKLOAD:<12} {DIFF_DESCRIPTION}");
+        println!("{:<12} {}", chown_meta::NAME, chown_meta::DESCRIPTION);
         return;
     }
     let selected: Vec<&Workload> = match &cfg.only {
         Some(names) => {
             for n in names {
-                if n != DIFF_WORKLOAD && !all.iter().any(|w| w.name == n) {
+                if n != DIFF_WORKLOAD && n != chown_meta::NAME && !all.iter().any(|w| w.name == n) {
                     eprintln!("overlay bench: unknown workload {n:?} (see --list)");
                     std::process::exit(2);
                 }
@@ -179,6 +182,12 @@ fn main() {
             .only
             .as_ref()
             .is_none_or(|names| names.iter().any(|n| n == DIFF_WORKLOAD));
+    // chown-meta (metacopy) has its own small tree, measured rootful.
+    let want_chown = !cfg.in_userns
+        && cfg
+            .only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == chown_meta::NAME));
     let rootful = !cfg.userns_only;
     let rootless = cfg.userns || cfg.userns_only;
     let result = (|| {
@@ -191,7 +200,15 @@ fn main() {
                 .to_string());
         }
         if rootful {
-            real_main(&cfg, sizes, &selected, want_diff)?;
+            if !selected.is_empty() || want_diff {
+                real_main(&cfg, sizes, &selected, want_diff)?;
+            }
+            if want_chown && !INTERRUPTED.load(Ordering::SeqCst) {
+                let bins = find_bins(false, false);
+                let table = chown_meta::run(&cfg.dir, cfg.reps(), &bins.plyfs, is_root())
+                    .map_err(|e| format!("{}: {e}", chown_meta::NAME))?;
+                println!("\n{table}");
+            }
         } else {
             // The child only loads the tree: build it here.
             prepare_tree(&cfg, sizes, &selected)?;

@@ -15,6 +15,9 @@ use crate::options::MountOptions;
 const AFTER_HELP: &str = "\
 Mount options (-o, comma separated):
   lowerdir=A:B:C      read-only layers, leftmost on top (\\: escapes a colon, \\, a comma)
+  lowerdir=A::D1::D2  layers after '::' are data-only: reached only through absolute
+                      redirects of metacopy files in the layers above (composefs images)
+  lowerdir+=DIR, datadir+=DIR   add one layer (new mount API form; repeatable, no escaping)
   upperdir=DIR        writable layer (needs workdir); without it the mount is read-only
   workdir=DIR         directory on the upper's mount, for staging (work/ inside it)
   volatile, fsync=0   never fsync (for throwaway containers); leaves work/incompat/volatile,
@@ -23,6 +26,14 @@ Mount options (-o, comma separated):
   redirect_dir=on|copy|follow|off|nofollow   renaming a directory with lower content:
                       record overlay.redirect (on), copy the tree up (copy), EXDEV (follow/off),
                       and with nofollow also ignore existing redirects
+  metacopy=on|off     chown/chmod/utimes/xattr changes copy metadata only (overlay.metacopy),
+                      data on the first write; off (default) refuses metacopy files (EPERM)
+  index=on|off        the kernel's inode index in WORKDIR/index: lower hard links stay one
+                      file with the kernel's link counts; the upper remembers its lowers
+  nfs_export=on|off   refused when on: a FUSE mount cannot serve NFS handles of forgotten inodes
+  uuid=auto|on|null|off   overlay.uuid on the upper (auto: new uppers), null/off: none
+  verity=off|on|require   check fs-verity digests recorded in overlay.metacopy on open
+                      (require: every metacopy file must have one)
   uidmapping=C:H:S[:C:H:S...], gidmapping=...   ids C+i in the layers show as H+i
                       (as fuse-overlayfs; a user namespace mapping C->H then sees C+i)
   xattr_permissions=0|1|2   keep owner/mode in user.fuseoverlayfs/containers.override_stat

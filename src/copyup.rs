@@ -25,11 +25,47 @@ use crate::table::Held;
 /// Size of each chunk for the read/write fallback.
 const CHUNK: usize = 1 << 20;
 
+/// How much of a regular file a copy-up copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataMode {
+    /// Data and metadata.
+    Full,
+    /// Metadata only; the file is emptied right after (O_TRUNC, truncate
+    /// to zero), so its data would be thrown away.
+    Empty,
+    /// Metadata only, marked `overlay.metacopy`: the data stays below
+    /// until the file is opened for writing (`metacopy=on`).
+    Meta,
+}
+
 impl Plyfs {
     /// Ensures `node` exists in the upper layer, copying it (and its parent
-    /// directories) up if needed.
+    /// directories) up if needed: for a change of metadata (owner, mode,
+    /// times, xattrs, a new name), so with `metacopy=on` a regular file's
+    /// data stays below.
     pub fn copy_up(&self, node: &Arc<Node>) -> Result<()> {
-        self.copy_up_opts(node, true)
+        let mode = if self.cfg.features.metacopy {
+            DataMode::Meta
+        } else {
+            DataMode::Full
+        };
+        self.copy_up_opts(node, mode)
+    }
+
+    /// Ensures `node` exists in the upper layer with its data, for writing
+    /// (`truncate`: the data is about to be thrown away): copies it up, or
+    /// completes the copy of a metacopy file.
+    pub fn copy_up_with_data(&self, node: &Arc<Node>, truncate: bool) -> Result<()> {
+        let mode = if truncate {
+            DataMode::Empty
+        } else {
+            DataMode::Full
+        };
+        self.copy_up_opts(node, mode)?;
+        if node.has_upper() && node.state.read().metacopy.is_some() {
+            self.copy_up_meta_data(node, truncate)?;
+        }
+        Ok(())
     }
 
     /// Copies a directory and everything visible in it up, then makes it
@@ -79,11 +115,15 @@ impl Plyfs {
         Ok(())
     }
 
-    /// Like [`Plyfs::copy_up`]; `data = false` skips copying file contents
-    /// (the caller truncates the file to zero right after). Ancestors
-    /// without an upper copy are copied first, top-down, in a loop.
-    pub fn copy_up_opts(&self, node: &Arc<Node>, data: bool) -> Result<()> {
+    /// Like [`Plyfs::copy_up`], copying file data as `data` says.
+    /// Ancestors without an upper copy are copied first, top-down, in a
+    /// loop.
+    pub fn copy_up_opts(&self, node: &Arc<Node>, data: DataMode) -> Result<()> {
         if node.has_upper() {
+            // An indexed hard link may still need its name linked up.
+            if self.index.is_some() {
+                return self.index_link_up(node, None);
+            }
             return Ok(());
         }
         self.upper_layer()?;
@@ -102,20 +142,22 @@ impl Plyfs {
             cur = parent;
         }
         while let Some(dir) = missing.pop() {
-            self.copy_up_one(&dir, true)?;
+            self.copy_up_one(&dir, DataMode::Full)?;
         }
         self.copy_up_one(node, data)
     }
 
     /// Copies one node up; its parent already has an upper copy.
-    fn copy_up_one(&self, node: &Arc<Node>, data: bool) -> Result<()> {
+    fn copy_up_one(&self, node: &Arc<Node>, data: DataMode) -> Result<()> {
         if node.has_upper() {
             return Ok(());
         }
         let (parent, name) = self.parent_of(node)?;
         let lower = node.top_lower()?;
         let lst = lower.stat()?;
-        // Other names of a multiply-linked lower file get linked to the copy.
+        // Other names of a multiply-linked lower file get linked to the
+        // copy; with index=on the copy goes through the index.
+        let indexed = !node.is_dir() && lst.nlink > 1 && self.index_active();
         let siblings = if !node.is_dir() && lst.nlink > 1 {
             self.lower_siblings(node, &lower, (&parent, &name))?
         } else {
@@ -125,14 +167,19 @@ impl Plyfs {
         if node.has_upper() {
             return Ok(());
         }
-        self.copy_up_locked(node, &parent, &name, &lower, &lst, data)?;
+        self.copy_up_locked(node, &parent, &name, &lower, &lst, data, indexed)?;
         if !siblings.is_empty() {
             let pfd = self.upper_dir_fd(&parent)?;
             self.link_siblings(node, (&pfd, &name), &siblings);
         }
+        if indexed {
+            // The overlay still counts the lower links.
+            self.index_copied_up(node, lst.nlink)?;
+        }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn copy_up_locked(
         &self,
         node: &Arc<Node>,
@@ -140,7 +187,8 @@ impl Plyfs {
         name: &Name,
         lower: &Arc<LowerObj>,
         lst: &Stat,
-        data: bool,
+        data: DataMode,
+        indexed: bool,
     ) -> Result<()> {
         let work = self.work()?;
         let (lpfd, lname) = lower.locate()?;
@@ -150,13 +198,19 @@ impl Plyfs {
             return Err(Errno::ESTALE);
         }
         let tmp = work.temp_name()?;
-        let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data);
-        if let Err(e) = staged {
-            work.discard(&tmp);
-            return Err(e);
-        }
+        let from = node.state.read().metacopy.clone();
+        let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data, from.as_deref());
+        let marked = match staged {
+            Ok(m) => m,
+            Err(e) => {
+                work.discard(&tmp);
+                return Err(e);
+            }
+        };
         let pfd = self.upper_dir_fd(parent)?;
-        let placed = {
+        let placed = if indexed {
+            self.index_place_staged(node, parent, &pfd, &tmp, name, lower, lst)
+        } else {
             let _pg = parent.dir_lock.lock();
             self.place_staged(&pfd, &tmp, name, parent)
         };
@@ -173,7 +227,17 @@ impl Plyfs {
             }
         };
         let ident = (new.dev, new.ino);
-        node.state.write().upper = Some(ident);
+        {
+            let mut s = node.state.write();
+            s.upper = Some(ident);
+            // A metacopy copy keeps its data below; any other copy has it.
+            s.metacopy = marked.map(|v| {
+                Arc::new(match &from {
+                    Some(d) => d.with_value(v),
+                    None => crate::metacopy::DataRef::found(lower.clone(), v),
+                })
+            });
+        }
         self.inos.alias(ident, node.ino);
         // New ctime of the copy and of its parent (renamed into, times
         // restored): the kernel's cached ones are stale.
@@ -249,17 +313,21 @@ impl Plyfs {
     }
 
     /// Builds the copy of the lower object `lname` (in `lpfd`, with stat
-    /// `st`) as `tmp` in the work directory.
+    /// `st`) as `tmp` in the work directory. `from`: where the data of a
+    /// lower metacopy file is. Returns the `overlay.metacopy` value when
+    /// the copy is metadata only.
     fn stage_copy(
         &self,
         lpfd: BorrowedFd<'_>,
         lname: &Name,
         st: &Stat,
         tmp: &Name,
-        data: bool,
-    ) -> Result<()> {
+        mut data: DataMode,
+        from: Option<&crate::metacopy::DataRef>,
+    ) -> Result<Option<crate::metacopy::MetacopyValue>> {
         let wfd = self.work()?.fd();
         let perm = st.mode & 0o7777;
+        let mut marked = None;
         match st.file_type() {
             libc::S_IFREG => {
                 let out = sys::fs::openat(
@@ -269,13 +337,44 @@ impl Plyfs {
                     0o600,
                 )?;
                 let input = open_lower_for_read(lpfd, lname)?;
-                if data && st.size > 0 {
-                    // Fully allocated files have no holes to look for.
-                    let sparse = st.blocks * 512 < st.size;
-                    let devs = (st.dev, self.upper_layer()?.dev);
-                    copy_data(input.as_fd(), out.as_fd(), st.size, sparse, devs)?;
+                // The data: that of a metacopy file's chain, else the file's.
+                let data_in = match from {
+                    Some(d) => {
+                        let (dpfd, dname) = self.metacopy_data(d)?.locate()?;
+                        let f = open_lower_for_read(dpfd.as_fd(), &dname)?;
+                        self.check_verity(d, f.as_fd())?;
+                        Some(f)
+                    }
+                    None => {
+                        self.refuse_lower_metacopy(input.as_fd())?;
+                        None
+                    }
+                };
+                let data_fd = data_in.as_ref().map_or(input.as_fd(), |f| f.as_fd());
+                if data == DataMode::Meta {
+                    match self.metacopy_value_for(data_fd)? {
+                        Some(v) => marked = Some(v),
+                        // verity=require and no digest: copy the data.
+                        None => data = DataMode::Full,
+                    }
+                }
+                match data {
+                    DataMode::Full if st.size > 0 => {
+                        let dst = sys::fs::fstat(data_fd)?;
+                        // Fully allocated files have no holes to look for.
+                        let sparse = dst.blocks * 512 < dst.size;
+                        let devs = (dst.dev, self.upper_layer()?.dev);
+                        copy_data(data_fd, out.as_fd(), st.size, sparse, devs)?;
+                    }
+                    // A sparse file of the data's size, as the kernel makes.
+                    DataMode::Meta => sys::io::ftruncate(out.as_fd(), st.size)?,
+                    _ => {}
                 }
                 self.copy_meta(lpfd, lname, st, wfd, tmp)?;
+                if let Some(v) = &marked {
+                    let attr = self.cfg.prefix.name(ovl_xattr::METACOPY);
+                    sys::xattr::set_at(wfd, tmp.as_cstr(), &attr, &v.encode(), 0)?;
+                }
                 self.carry_flags(input.as_fd(), out.as_fd(), tmp)?;
                 sys::fs::fchmod(out.as_fd(), perm)?;
                 sys::fs::futimens(
@@ -283,7 +382,9 @@ impl Plyfs {
                     TimeSpec::Set(st.atime.0, st.atime.1),
                     TimeSpec::Set(st.mtime.0, st.mtime.1),
                 )?;
-                if !self.cfg.volatile {
+                // Data reaches the disk before the name does; a metacopy
+                // file has none to wait for (the kernel skips it too).
+                if !self.cfg.volatile && marked.is_none() {
                     sys::io::fsync(out.as_fd(), false)?;
                 }
             }
@@ -311,7 +412,7 @@ impl Plyfs {
                 set_times(wfd, tmp, st)?;
             }
         }
-        Ok(())
+        Ok(marked)
     }
 
     /// Owner, xattrs and `overlay.origin` of a staged copy.
@@ -343,7 +444,11 @@ impl Plyfs {
         Ok(())
     }
 
-    fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
+    /// The UUID a lower file handle carries (null with `uuid=off`).
+    pub(crate) fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
+        if self.cfg.features.uuid == crate::options::UuidMode::Off {
+            return [0; 16];
+        }
         self.lowers
             .iter()
             .find(|l| l.root.dev == dev)

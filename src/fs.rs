@@ -31,6 +31,8 @@ pub type Place = (Arc<OwnedFd>, Name);
 /// Behaviour fixed at mount time.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Kernel overlayfs features in effect (metacopy, index, ...).
+    pub features: crate::features::Features,
     /// Prefix of the overlay markers this mount writes.
     pub prefix: Prefix,
     /// Skip fsync (podman's `volatile`).
@@ -84,6 +86,11 @@ pub struct Plyfs {
     pub cfg: Config,
     pub upper: Option<UpperLayer>,
     pub lowers: Vec<LowerLayer>,
+    /// Data-only lower layers: reached only through absolute redirects of
+    /// metacopy files (see `metacopy`).
+    pub data_layers: Vec<LowerLayer>,
+    /// The inode index (`WORKDIR/index`), when in use (see `index`).
+    pub index: Option<crate::index::IndexDir>,
     pub table: Table,
     pub inos: InoMap,
     pub handles: Handles,
@@ -115,6 +122,8 @@ impl Plyfs {
             cfg,
             upper,
             lowers,
+            data_layers: Vec::new(),
+            index: None,
             table: Table::new(),
             inos: InoMap::new(&devs, ino32, tag),
             handles: Handles::new(),
@@ -283,6 +292,8 @@ impl Plyfs {
             };
             places.push((pfd, Name::new(&a.name)?));
         }
+        // A hard link copied up through the index, at none of these names.
+        places.extend(self.index_place(want));
         Ok((want, places))
     }
 
@@ -481,12 +492,14 @@ impl Plyfs {
 
     pub fn attr_from(&self, node: &Arc<Node>, st: &Stat) -> Result<FileAttr> {
         let merged = self.is_merged_dir(node)?;
+        let mut st = *st;
+        // Blocks of a metacopy file's data; nlink of an indexed hard link.
+        self.metacopy_stat(node, &mut st);
+        self.index_stat(node, &mut st);
         if self.cfg.xattr_permissions > 0 {
-            let mut st = *st;
             self.apply_override(node, &mut st)?;
-            return Ok(attr::make(node.ino, &st, merged, &self.attr_opts()));
         }
-        Ok(attr::make(node.ino, st, merged, &self.attr_opts()))
+        Ok(attr::make(node.ino, &st, merged, &self.attr_opts()))
     }
 
     /// Records that `node` is reachable as `name` in `parent`.

@@ -628,7 +628,12 @@ impl Filesystem for FuseFs {
                     reply.error(Errno::EIO.into());
                     return;
                 };
-                let (fh, f) = self.fs.register_file((*c.node).clone(), fd, true, flags);
+                // O_CREAT on an existing file may have opened a lower or
+                // metacopy file's data.
+                let on_upper = self.fs.upper_has_data(&c.node);
+                let (fh, f) = self
+                    .fs
+                    .register_file((*c.node).clone(), fd, on_upper, flags);
                 crate::tuning::reply_create(
                     &self.fs,
                     reply,

@@ -129,7 +129,7 @@ impl Plyfs {
         }
         match self.resolve(&parent, &name)? {
             Lookup::Found(f)
-                if f.upper.is_none()
+                if (f.upper.is_none() || self.index_only_name(&f, &parent, &name))
                     && f.lowers
                         .first()
                         .is_some_and(|l| (l.dev, l.ino) == (lower.dev, lower.ino)) => {}

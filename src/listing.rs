@@ -40,6 +40,8 @@ pub struct ListEntry {
     /// Upper directory entry with `overlay.redirect`: its lower content is
     /// elsewhere, so the name-matched lower entries do not apply.
     pub redirect: Option<Box<[u8]>>,
+    /// Upper metacopy file: its data is elsewhere (full lookup needed).
+    pub metacopy: bool,
     /// Directory offset of the entry: a hash of its name, the same in every
     /// listing of the directory (see [`cookie`]).
     pub cookie: u64,
@@ -100,6 +102,8 @@ pub struct Listing {
     pub version: u64,
     /// The lower stack the listing was made from.
     pub stack: Arc<[Arc<LowerObj>]>,
+    /// Some upper entry is a metacopy file.
+    pub has_metacopy: bool,
 }
 
 enum Seen {
@@ -170,6 +174,7 @@ impl Plyfs {
                     xattr_whiteouts: false,
                     origin: None,
                     redirect: None,
+                    metacopy: false,
                     cookie: 0,
                 };
                 if kind == libc::S_IFDIR {
@@ -185,9 +190,10 @@ impl Plyfs {
                     // lookups: the kernel clears `impure` from directories
                     // whose entries need no fix-up in its own numbering
                     // (copied-up hard links keep their upper number there).
-                    entry.origin =
-                        whiteout::file_markers(ufd.as_fd(), name.as_cstr(), self.upper_prefixes())?
-                            .origin;
+                    let m =
+                        whiteout::file_markers(ufd.as_fd(), name.as_cstr(), self.upper_prefixes())?;
+                    entry.origin = m.origin;
+                    entry.metacopy = m.metacopy;
                 }
                 let open = kind == libc::S_IFDIR && !entry.opaque;
                 seen.insert(
@@ -285,6 +291,7 @@ impl Plyfs {
                             xattr_whiteouts: false,
                             origin: None,
                             redirect: None,
+                            metacopy: false,
                             cookie: 0,
                         });
                     }
@@ -309,6 +316,7 @@ impl Plyfs {
         }
         assign_cookies(&mut entries);
         Ok(Listing {
+            has_metacopy: entries.iter().any(|e| e.metacopy),
             entries,
             version,
             stack,
@@ -361,6 +369,7 @@ impl Plyfs {
             xattr_whiteouts: e.xattr_whiteouts,
             origin: e.origin.clone(),
             redirect: e.redirect.clone(),
+            metacopy: None,
         })
     }
 
@@ -398,9 +407,23 @@ impl Plyfs {
             sys::fs::lstatat(lo.dir_fd()?.as_fd(), name.as_cstr())
         };
         let expected = e.upper.or_else(|| e.lowers.first().map(|l| l.1));
+        // Metacopy files (upper, or lower where lookups follow them) take a
+        // full lookup: their data is found through the layers below.
+        let lower_metacopy = e.upper.is_none()
+            && e.kind == libc::S_IFREG
+            && self.follow_metacopy()
+            && self.lower_is_metacopy(dir, e, stack)?;
+        let plain = !e.metacopy && !lower_metacopy;
+        // Hard links the index may know of take a full lookup too.
+        let indexed =
+            |st: &sys::fs::Stat| self.index.is_some() && e.kind != libc::S_IFDIR && st.nlink > 1;
         match st {
             Ok(st)
-                if Some(st.ino) == expected && st.file_type() == e.kind && e.redirect.is_none() =>
+                if plain
+                    && !indexed(&st)
+                    && Some(st.ino) == expected
+                    && st.file_type() == e.kind
+                    && e.redirect.is_none() =>
             {
                 let mut f = self.entry_found_shallow(e, udev, stack)?;
                 if let Some(l) = f.lowers.first_mut().filter(|_| e.upper.is_none()) {

@@ -46,8 +46,12 @@ pub struct NodeState {
     /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
     /// `overlay.redirect` of the upper directory: where its lower content
-    /// lives (a name in the parent's lower directories, or `/a/b`).
+    /// lives (a name in the parent's lower directories, or `/a/b`). Also
+    /// that of a metacopy file (where its data is).
     pub redirect: Option<Box<[u8]>>,
+    /// Regular files: the top object holds metadata only and the data is
+    /// elsewhere (see `metacopy`); `None` once the data is copied up.
+    pub metacopy: Option<Arc<crate::metacopy::DataRef>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
 }

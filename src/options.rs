@@ -93,10 +93,55 @@ pub enum RedirectMode {
     NoFollow,
 }
 
+/// `uuid=`: the overlay's identity and the UUIDs in file handles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UuidMode {
+    /// Null overlay UUID; file handles carry a null UUID and layer UUIDs
+    /// are not checked when decoding them.
+    Off,
+    /// Null overlay UUID (fsid from the upper filesystem).
+    Null,
+    /// `overlay.uuid` of the upper root if present; a new upper gets one.
+    #[default]
+    Auto,
+    /// A persistent `overlay.uuid` on the upper root, made if missing.
+    On,
+}
+
+/// `verity=`: fs-verity digests in `overlay.metacopy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Verity {
+    #[default]
+    Off,
+    /// Digests are recorded on metacopy copy-up when the lower file has
+    /// one, and checked on open when a metacopy file carries one.
+    On,
+    /// Like `On`, and every metacopy file must carry a digest (EIO on open
+    /// otherwise); copy-up copies data when the lower file has none.
+    Require,
+}
+
+/// How the lower layers were given: the kernel refuses to mix the legacy
+/// `lowerdir=` list with the new mount API's `lowerdir+=`/`datadir+=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LowerSyntax {
+    #[default]
+    None,
+    /// `lowerdir=A:B::D` (a later `lowerdir=` replaces it).
+    List,
+    /// `lowerdir+=DIR` and `datadir+=DIR`, one layer per option.
+    Append,
+}
+
 /// Everything the `-o` options (and the long flags) can set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MountOptions {
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (`lowerdir=A::D1::D2`, `datadir+=D`), below
+    /// the regular ones: reachable only through absolute redirects of
+    /// metacopy files.
+    pub data_lowers: Vec<PathBuf>,
+    pub lower_syntax: LowerSyntax,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
 
@@ -147,6 +192,12 @@ pub struct MountOptions {
     /// SELinux label; accepted and passed on to the kernel is not possible
     /// for FUSE, so it is recorded and ignored.
     pub context: Option<String>,
+    /// Kernel overlayfs features (`None`: not given; see `features`).
+    pub metacopy: Option<bool>,
+    pub index: Option<bool>,
+    pub nfs_export: Option<bool>,
+    pub uuid: Option<UuidMode>,
+    pub verity: Option<Verity>,
 }
 
 /// Splits an option string at unescaped commas outside double quotes.
@@ -183,8 +234,9 @@ pub fn split_options(s: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Splits a `lowerdir` value at unescaped colons and removes the escapes.
-/// `::` (data-only lowers in the kernel) is treated as a plain separator.
+/// Splits a colon-separated list (`--lower A:B`) at unescaped colons and
+/// removes the escapes; empty elements are dropped. `-o lowerdir=` values
+/// go through [`parse_lowerdir`], which knows data-only layers.
 pub fn split_lowerdir(v: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
@@ -204,6 +256,71 @@ pub fn split_lowerdir(v: &[u8]) -> Vec<Vec<u8>> {
     out.push(cur);
     out.retain(|p| !p.is_empty());
     out
+}
+
+/// Layer paths as bytes.
+pub type LayerList = Vec<Vec<u8>>;
+
+/// A `lowerdir=` value split the kernel's way: `:` separates layers, `::`
+/// puts the layers after it in the data-only group, `\` escapes the next
+/// byte. Returns (regular layers, data-only layers).
+pub fn parse_lowerdir(v: &[u8]) -> Result<(LayerList, LayerList), String> {
+    if v.first() == Some(&b':') {
+        return Err(
+            "option lowerdir: cannot start with ':' (use lowerdir+= to add a layer)".into(),
+        );
+    }
+    let mut regular = Vec::new();
+    let mut data = Vec::new();
+    let mut cur = Vec::new();
+    // Layers after a `::` are data-only; a regular one may not follow.
+    let mut in_data = false;
+    let mut i = 0;
+    while i <= v.len() {
+        match v.get(i) {
+            Some(b'\\') if i + 1 < v.len() => {
+                cur.push(v[i + 1]);
+                i += 2;
+                continue;
+            }
+            Some(b':') | None => {
+                let colons = v[i..].iter().take_while(|&&c| c == b':').count();
+                if colons > 2 {
+                    return Err(
+                        "option lowerdir: only single ':' or double '::' sequences of \
+                                unescaped colons are allowed"
+                            .into(),
+                    );
+                }
+                if i < v.len() && i + colons == v.len() {
+                    return Err("option lowerdir: unescaped trailing colon".into());
+                }
+                if cur.is_empty() {
+                    return Err("option lowerdir: empty layer path".into());
+                }
+                let layer = std::mem::take(&mut cur);
+                if in_data {
+                    data.push(layer);
+                } else {
+                    regular.push(layer);
+                }
+                if colons == 2 {
+                    in_data = true;
+                } else if colons == 1 && in_data {
+                    return Err(
+                        "option lowerdir: regular lower layers cannot follow data-only layers \
+                         ('::')"
+                            .into(),
+                    );
+                }
+                i += colons.max(1);
+                continue;
+            }
+            Some(&c) => cur.push(c),
+        }
+        i += 1;
+    }
+    Ok((regular, data))
 }
 
 /// Removes backslash escapes from a single path value.
@@ -241,6 +358,18 @@ fn on_off(key: &str, v: &[u8]) -> Result<bool, String> {
     match v {
         b"on" | b"1" | b"true" | b"yes" => Ok(true),
         b"off" | b"0" | b"false" | b"no" => Ok(false),
+        _ => Err(format!(
+            "option {key}: expected on or off, got {:?}",
+            String::from_utf8_lossy(v)
+        )),
+    }
+}
+
+/// `on` or `off` only, as the kernel's overlay options take them.
+fn on_off_strict(key: &str, v: &[u8]) -> Result<bool, String> {
+    match v {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
         _ => Err(format!(
             "option {key}: expected on or off, got {:?}",
             String::from_utf8_lossy(v)
@@ -319,14 +448,10 @@ const IGNORED: &[&str] = &[
     "threaded",
     "clone_fd",
     "noxattrs=0",
-    "nfs_export=off",
-    "metacopy=off",
-    "index=off",
-    "uuid=on",
-    "uuid=auto",
-    "uuid=null",
-    "uuid=off",
-    "verity=off",
+    // New mount API: record the calling task's credentials. plyfs always
+    // reaches the layers with the daemon's own credentials, which is what
+    // the flag asks for when the mounter and the caller are one process.
+    "override_creds",
 ];
 
 impl MountOptions {
@@ -362,11 +487,39 @@ impl MountOptions {
         match k {
             "lowerdir" => {
                 let v = need(value)?;
-                let lowers = split_lowerdir(&v);
-                if lowers.is_empty() {
+                if v.is_empty() {
                     return Err("option lowerdir: no lower directory given".into());
                 }
-                self.lowers = lowers.iter().map(|p| path(p)).collect();
+                let (regular, data) = parse_lowerdir(&v)?;
+                // Like the kernel, a later lowerdir= replaces every layer
+                // given before (also those of lowerdir+=).
+                self.lowers = regular.iter().map(|p| path(p)).collect();
+                self.data_lowers = data.iter().map(|p| path(p)).collect();
+                self.lower_syntax = LowerSyntax::List;
+            }
+            "lowerdir+" | "datadir+" => {
+                let v = need(value)?;
+                if v.is_empty() {
+                    return Err(format!("option {k}: no directory given"));
+                }
+                if self.lower_syntax == LowerSyntax::List {
+                    return Err(format!(
+                        "option {k}: lowerdir+ and datadir+ cannot follow lowerdir"
+                    ));
+                }
+                // One layer per option, taken literally: no ':' escaping.
+                if k == "datadir+" {
+                    self.data_lowers.push(path(&v));
+                } else if !self.data_lowers.is_empty() {
+                    return Err(
+                        "option lowerdir+: regular lower layers cannot follow data layers \
+                                (datadir+)"
+                            .into(),
+                    );
+                } else {
+                    self.lowers.push(path(&v));
+                }
+                self.lower_syntax = LowerSyntax::Append;
             }
             "upperdir" => self.upper = Some(path(&unescape(&need(value)?))),
             "workdir" => self.work = Some(path(&unescape(&need(value)?))),
@@ -460,11 +613,35 @@ impl MountOptions {
                     }
                 })
             }
-            "index" | "metacopy" | "nfs_export" | "uuid" | "verity" => {
-                return Err(format!(
-                    "option {}: this value is not supported by plyfs",
-                    String::from_utf8_lossy(opt)
-                ));
+            "metacopy" => self.metacopy = Some(on_off_strict(k, &need(value)?)?),
+            "index" => self.index = Some(on_off_strict(k, &need(value)?)?),
+            "nfs_export" => self.nfs_export = Some(on_off_strict(k, &need(value)?)?),
+            "uuid" => {
+                self.uuid = Some(match need(value)?.as_slice() {
+                    b"off" => UuidMode::Off,
+                    b"null" => UuidMode::Null,
+                    b"auto" => UuidMode::Auto,
+                    b"on" => UuidMode::On,
+                    other => {
+                        return Err(format!(
+                            "option uuid: expected off, null, auto or on, got {:?}",
+                            String::from_utf8_lossy(other)
+                        ));
+                    }
+                })
+            }
+            "verity" => {
+                self.verity = Some(match need(value)?.as_slice() {
+                    b"off" => Verity::Off,
+                    b"on" => Verity::On,
+                    b"require" => Verity::Require,
+                    other => {
+                        return Err(format!(
+                            "option verity: expected off, on or require, got {:?}",
+                            String::from_utf8_lossy(other)
+                        ));
+                    }
+                })
             }
             _ if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
@@ -601,7 +778,12 @@ mod tests {
         assert!(e.contains("unknown option"), "{e}");
         assert!(parse("lowerdir").unwrap_err().contains("needs a value"));
         assert!(parse("lowerdir=").is_err());
-        assert!(parse("lowerdir=/a,metacopy=on").is_err());
+        assert_eq!(
+            parse("lowerdir=/a,metacopy=on").unwrap().metacopy,
+            Some(true)
+        );
+        assert!(parse("lowerdir=/a,metacopy=yes").is_err());
+        assert!(parse("lowerdir=/a,index=maybe").is_err());
         assert_eq!(
             parse("lowerdir=/a,redirect_dir=on").unwrap().redirect,
             Some(RedirectMode::On)
@@ -625,7 +807,55 @@ mod tests {
     #[test]
     fn split_helpers() {
         assert_eq!(split_options(b"a,,b"), vec![b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(split_lowerdir(b"a::b"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(split_lowerdir(b"a:b"), vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(unescape(br"a\:b\\c"), b"a:b\\c".to_vec());
+    }
+
+    #[test]
+    fn data_only_layers() {
+        let o = parse("lowerdir=/l1:/l2::/d1::/d2").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/l1"), "/l2".into()]);
+        assert_eq!(o.data_lowers, vec![PathBuf::from("/d1"), "/d2".into()]);
+        let o = parse(r"lowerdir=/a\:\:b::/d").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a::b")]);
+        assert_eq!(o.data_lowers, vec![PathBuf::from("/d")]);
+        for bad in [
+            "lowerdir=/l1::/d1:/l2",
+            "lowerdir=/l1:::/d1",
+            "lowerdir=/l1:",
+            "lowerdir=/l1::",
+            "lowerdir=:/l1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn new_mount_api_layers() {
+        let o = parse("lowerdir+=/a:b,lowerdir+=/c,datadir+=/d,datadir+=/e").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/a:b"), "/c".into()]);
+        assert_eq!(o.data_lowers, vec![PathBuf::from("/d"), "/e".into()]);
+        let e = parse("lowerdir=/a,lowerdir+=/b").unwrap_err();
+        assert!(e.contains("cannot follow lowerdir"), "{e}");
+        let e = parse("lowerdir+=/a,datadir+=/d,lowerdir+=/b").unwrap_err();
+        assert!(e.contains("cannot follow data layers"), "{e}");
+        // A later legacy list replaces everything, as in the kernel.
+        let o = parse("lowerdir+=/a,datadir+=/d,lowerdir=/b").unwrap();
+        assert_eq!(o.lowers, vec![PathBuf::from("/b")]);
+        assert!(o.data_lowers.is_empty());
+    }
+
+    #[test]
+    fn kernel_feature_options() {
+        let o = parse("lowerdir=/a,metacopy=on,index=off,nfs_export=off,uuid=null,verity=require")
+            .unwrap();
+        assert_eq!(o.metacopy, Some(true));
+        assert_eq!(o.index, Some(false));
+        assert_eq!(o.nfs_export, Some(false));
+        assert_eq!(o.uuid, Some(UuidMode::Null));
+        assert_eq!(o.verity, Some(Verity::Require));
+        assert!(parse("lowerdir=/a,uuid=maybe").is_err());
+        assert!(parse("lowerdir=/a,verity=yes").is_err());
+        assert!(parse("lowerdir=/a,override_creds").is_ok());
     }
 }

@@ -21,8 +21,17 @@ pub struct Origin {
     pub fid: Vec<u8>,
 }
 
+/// `OVL_FH_FLAG_PATH_UPPER`: the handle is of an upper object.
+pub const FLAG_PATH_UPPER: u8 = 1 << 2;
+
 /// Encodes a lower handle as an `overlay.origin` value.
 pub fn encode(handle: &FileHandle, uuid: &[u8; 16]) -> Option<Vec<u8>> {
+    encode_with(handle, uuid, 0)
+}
+
+/// Encodes a handle with extra flags (`FLAG_PATH_UPPER` for an upper
+/// object, as in `overlay.upper`).
+pub fn encode_with(handle: &FileHandle, uuid: &[u8; 16], flags: u8) -> Option<Vec<u8>> {
     let len = HEADER + handle.bytes.len();
     if len > u8::MAX as usize || !(0..=255).contains(&handle.handle_type) {
         return None;
@@ -31,11 +40,14 @@ pub fn encode(handle: &FileHandle, uuid: &[u8; 16]) -> Option<Vec<u8>> {
     v.push(0);
     v.push(MAGIC);
     v.push(len as u8);
-    v.push(if cfg!(target_endian = "big") {
-        FLAG_BIG_ENDIAN
-    } else {
-        0
-    });
+    v.push(
+        flags
+            | if cfg!(target_endian = "big") {
+                FLAG_BIG_ENDIAN
+            } else {
+                0
+            },
+    );
     v.push(handle.handle_type as u8);
     v.extend_from_slice(uuid);
     v.extend_from_slice(&handle.bytes);
@@ -66,6 +78,17 @@ pub fn decode(v: &[u8]) -> Option<Origin> {
         uuid,
         fid: fb[HEADER..len].to_vec(),
     })
+}
+
+/// Lower-case hexadecimal of `v` (index entry names).
+pub fn hex(v: &[u8]) -> Vec<u8> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(v.len() * 2);
+    for b in v {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
+    }
+    out
 }
 
 impl Origin {

@@ -48,6 +48,8 @@ pub const WHITEOUT: &str = "whiteout";
 pub const NLINK: &str = "nlink";
 pub const METACOPY: &str = "metacopy";
 pub const PROTATTR: &str = "protattr";
+pub const UPPER: &str = "upper";
+pub const UUID: &str = "uuid";
 
 /// How the merged view treats one attribute name found on a layer object.
 #[derive(Debug, PartialEq, Eq)]

@@ -40,20 +40,23 @@ pub struct Found {
     pub xattr_whiteouts: bool,
     /// Raw `overlay.origin` of the upper object, when read.
     pub origin: Option<Vec<u8>>,
-    /// `overlay.redirect` of an upper directory.
+    /// `overlay.redirect` of an upper directory, or of a metacopy file.
     pub redirect: Option<Box<[u8]>>,
+    /// Regular files whose top object holds metadata only: where the data
+    /// is (see `metacopy`).
+    pub metacopy: Option<Arc<crate::metacopy::DataRef>>,
 }
 
 /// What to look for in the lower layers: a name in the parent's lower
 /// directories, or a path from the layer roots (absolute redirect).
 #[derive(Clone, Debug)]
-enum Target {
+pub(crate) enum Target {
     Name(Vec<u8>),
     Abs(Vec<Vec<u8>>),
 }
 
 /// Parses an `overlay.redirect` value; `None` if it is unusable.
-fn parse_redirect(r: &[u8]) -> Option<Target> {
+pub(crate) fn parse_redirect(r: &[u8]) -> Option<Target> {
     if r.is_empty() || r.contains(&0) {
         return None;
     }
@@ -109,6 +112,7 @@ impl Found {
             xattr_whiteouts: false,
             origin: None,
             redirect: None,
+            metacopy: None,
         }
     }
 
@@ -123,6 +127,7 @@ impl Found {
             impure: self.impure,
             xattr_whiteouts: self.xattr_whiteouts,
             redirect: self.redirect.clone(),
+            metacopy: self.metacopy.clone(),
             unlinked: false,
         }
     }
@@ -140,6 +145,7 @@ impl Found {
             xattr_whiteouts: false,
             origin: None,
             redirect: None,
+            metacopy: None,
         }
     }
 
@@ -210,17 +216,33 @@ impl Plyfs {
                         if f.opaque {
                             return Ok(Lookup::Found(f));
                         }
+                        if f.redirect.is_some() && !self.cfg.follow_redirects() {
+                            // Like the kernel with redirect_dir=nofollow:
+                            // a redirect that would be followed is refused.
+                            if !self.dir_stack(parent)?.is_empty() {
+                                log::warn!("refusing to follow redirect for {name:?}");
+                                return Err(Errno::EPERM);
+                            }
+                        }
                         top = Some(f);
                     } else {
                         // Like the kernel, every upper non-directory's
                         // origin is read: its st_ino must not depend on
                         // which directory (impure or not) holds the name.
-                        f.origin = whiteout::file_markers(
+                        let m = whiteout::file_markers(
                             pfd.as_fd(),
                             name.as_cstr(),
                             self.upper_prefixes(),
-                        )?
-                        .origin;
+                        )?;
+                        f.origin = m.origin.clone();
+                        if m.metacopy && st.is_reg() {
+                            // Metadata only: the data is below.
+                            let stack = self.dir_stack(parent)?;
+                            self.upper_metacopy(&stack, name, &mut f, &m)?;
+                        }
+                        if st.nlink > 1 && f.origin.is_some() {
+                            self.index_check_upper(&f);
+                        }
                         return Ok(Lookup::Found(f));
                     }
                 }
@@ -243,7 +265,17 @@ impl Plyfs {
             _ => Target::Name(name.as_bytes().to_vec()),
         };
         match self.lower_lookup(&stack, target, top.is_some())? {
-            LowerHit::NonDir(obj, st) => Ok(Lookup::Found(Found::lower(st, vec![obj]))),
+            LowerHit::NonDir(obj, st) => {
+                let mut f = Found::lower(st, vec![obj]);
+                if st.is_reg() && self.follow_metacopy() {
+                    self.lower_metacopy(&stack, name, &mut f)?;
+                }
+                if st.nlink > 1 && self.index.is_some() {
+                    // A hard link the index may hold an upper copy of.
+                    self.index_lookup(&mut f)?;
+                }
+                Ok(Lookup::Found(f))
+            }
             LowerHit::Dirs(dirs, first) => match top {
                 Some(mut f) => {
                     f.lowers = dirs;
@@ -340,6 +372,12 @@ impl Plyfs {
             if info.opaque {
                 break;
             }
+            if info.redirect.is_some() && !self.cfg.follow_redirects() && i < positions.len() {
+                // redirect_dir=nofollow: the kernel refuses to go on below
+                // a redirected lower directory.
+                log::warn!("refusing to follow the redirect of {obj:?}");
+                return Err(Errno::EPERM);
+            }
             if let Some(r) = info
                 .redirect
                 .as_deref()
@@ -378,7 +416,7 @@ impl Plyfs {
     /// search, an opaque directory lets this layer answer but no layer below,
     /// and a redirect on a directory on the way changes the path the layers
     /// below are searched for.
-    fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
+    pub(crate) fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
         let mut cur = root.clone();
         let mut last_layer = false;
         // The path for the layers below, rewritten by redirects on the way.
@@ -448,8 +486,10 @@ impl Plyfs {
                 }
             }
             let zero = o.uuid == [0; 16];
+            // uuid=off: handles carry a null UUID, and only those count.
+            let off = self.cfg.features.uuid == crate::options::UuidMode::Off;
             for layer in &self.lowers {
-                if (zero || layer.uuid == o.uuid)
+                if (zero || (!off && layer.uuid == o.uuid))
                     && let Some(ino) = o.inode_number(layer.fs_magic)
                 {
                     return Ok((layer.root.dev, ino));
@@ -545,7 +585,7 @@ impl Plyfs {
 }
 
 /// Where walking a redirect path down one lower layer ended.
-enum Walk {
+pub(crate) enum Walk {
     /// At the directory holding the last component; `true` when an opaque
     /// directory on the way hides the layers below; the directories' path
     /// for the layers below when a redirect on the way changed it.

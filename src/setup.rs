@@ -27,6 +27,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86400);
 /// Directories that passed validation, opened.
 pub struct Checked {
     pub lowers: Vec<(PathBuf, OwnedFd)>,
+    /// Data-only lower layers (below the regular ones).
+    pub data: Vec<(PathBuf, OwnedFd)>,
     pub upper: Option<(PathBuf, OwnedFd)>,
     pub work: Option<(PathBuf, OwnedFd)>,
     pub mountpoint: PathBuf,
@@ -88,30 +90,46 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
     if o.lowers.is_empty() {
         return Err("missing lowerdir=: at least one lower directory is required".into());
     }
-    if o.lowers.len() > 500 {
+    if o.lowers.len() + o.data_lowers.len() > 500 {
         return Err(format!(
             "too many lower directories ({}, at most 500)",
-            o.lowers.len()
+            o.lowers.len() + o.data_lowers.len()
         ));
     }
+    // Conflicting kernel features are refused before anything is opened.
+    crate::features::resolve(
+        o,
+        o.upper.is_some(),
+        o.userxattr || sys::process::geteuid() != 0,
+    )?;
     match (&o.upper, &o.work) {
         (Some(_), None) => return Err("upperdir= needs workdir= as well".into()),
         (None, Some(_)) => return Err("workdir= needs upperdir= as well".into()),
         _ => {}
     }
-    let mut lowers = Vec::new();
-    for l in &o.lowers {
-        let fd = open_dir("lowerdir", l)?;
+    let open_lower = |what: &str, l: &PathBuf| -> Result<(PathBuf, OwnedFd), String> {
+        let fd = open_dir(what, l)?;
         let fd = match private_lower(&fd) {
             Some(clone) => clone,
             None => {
-                refuse_mountpoint_inside("lowerdir", l, &canonical(l), mountpoint)?;
+                refuse_mountpoint_inside(what, l, &canonical(l), mountpoint)?;
                 fd
             }
         };
-        lowers.push((l.clone(), fd));
+        Ok((l.clone(), fd))
+    };
+    let mut lowers = Vec::new();
+    for l in &o.lowers {
+        lowers.push(open_lower("lowerdir", l)?);
     }
+    let mut data = Vec::new();
+    for l in &o.data_lowers {
+        data.push(open_lower("data-only lowerdir", l)?);
+    }
+    let nregular = lowers.len();
+    lowers.extend(data);
     refuse_overlapping_lowers(&lowers)?;
+    let data = lowers.split_off(nregular);
     let mut upper = None;
     let mut work = None;
     let mut in_use = Vec::new();
@@ -140,7 +158,7 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
                 w.display()
             ));
         }
-        for (lp, _) in &lowers {
+        for (lp, _) in lowers.iter().chain(&data) {
             let cl = canonical(lp);
             for (what, p, c) in [("upperdir", u, &cu), ("workdir", w, &cw)] {
                 if within(c, &cl) || within(&cl, c) {
@@ -203,6 +221,7 @@ pub fn validate(o: &MountOptions, mountpoint: &Path) -> Result<Checked, String> 
     }
     Ok(Checked {
         lowers,
+        data,
         upper,
         work,
         mountpoint: mountpoint.to_path_buf(),
@@ -399,19 +418,27 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     let mut in_use = c.in_use;
     let euid = sys::process::geteuid();
     let mut lowers = Vec::new();
-    for (i, (path, fd)) in c.lowers.into_iter().enumerate() {
+    let mut data_layers = Vec::new();
+    let nregular = c.lowers.len();
+    for (i, (path, fd)) in c.lowers.into_iter().chain(c.data).enumerate() {
         let dir = sys::fs::open_dir_here(fd.as_fd())
             .map_err(|e| format!("cannot read lowerdir {}: {}", path.display(), describe(e)))?;
         let fs_magic = sys::fs::fs_type(fd.as_fd()).unwrap_or(0);
         let uuid = sys::handle::fs_uuid(dir.as_fd());
+        // Data-only layers are numbered after the regular ones.
         let root = LowerObj::root(i, fd, path.clone())
             .map_err(|e| format!("cannot stat lowerdir {}: {}", path.display(), describe(e)))?;
-        lowers.push(LowerLayer {
+        let layer = LowerLayer {
             path,
             root: Arc::new(root),
             fs_magic,
             uuid,
-        });
+        };
+        if i < nregular {
+            lowers.push(layer);
+        } else {
+            data_layers.push(layer);
+        }
     }
     let mut prefix = if o.userxattr || euid != 0 {
         Prefix::User
@@ -443,7 +470,57 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         }
         _ => None,
     };
+    let mut features = crate::features::resolve(o, upper.is_some(), prefix == Prefix::User)?;
+    // uuid=off applies where all layers share one filesystem (else the
+    // layer UUIDs are needed to tell handles apart), as in the kernel.
+    let devs: Vec<u64> = lowers
+        .iter()
+        .map(|l| l.root.dev)
+        .chain(upper.as_ref().map(|u| u.dev))
+        .collect();
+    if features.uuid == crate::options::UuidMode::Off && devs.iter().any(|d| *d != devs[0]) {
+        features.uuid = crate::options::UuidMode::Null;
+    }
+    let index = match &upper {
+        Some(u) => {
+            let root = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                .map_err(|e| {
+                    format!("cannot read upperdir {}: {}", u.path.display(), describe(e))
+                })?;
+            let (uuid_mode, _) = crate::ovl_uuid::init(features.uuid, root.as_fd(), prefix);
+            if features.uuid != crate::options::UuidMode::Off {
+                features.uuid = uuid_mode;
+            }
+            let off = features.uuid == crate::options::UuidMode::Off;
+            let null = [0u8; 16];
+            let top = lowers.first().ok_or("missing lowerdir=")?;
+            let top_fd = top.root.dir_fd().map_err(|e| {
+                format!(
+                    "cannot open lowerdir {}: {}",
+                    top.path.display(),
+                    describe(e)
+                )
+            })?;
+            let layers = crate::index::SetupLayers {
+                work_base: u.work.base.as_fd(),
+                upper_root: u.root.as_fd(),
+                upper_uuid: if off {
+                    null
+                } else {
+                    sys::handle::fs_uuid(root.as_fd())
+                },
+                top_lower_root: top_fd.as_fd(),
+                lower_uuid: if off { null } else { top.uuid },
+                prefix,
+            };
+            let ix = crate::index::setup(features.index, &layers)?;
+            features.index = ix.as_ref().is_some_and(|i| i.active);
+            ix
+        }
+        None => None,
+    };
     let cfg = Config {
+        features,
         prefix,
         volatile: o.volatile,
         ttl: o
@@ -458,7 +535,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         static_nlink: o.static_nlink,
         noacl: o.noacl,
         xattr_permissions: o.xattr_permissions,
-        redirect: o.redirect.unwrap_or(match prefix {
+        redirect: features.redirect.unwrap_or(match prefix {
             Prefix::Trusted => RedirectMode::On,
             // A kernel `userxattr` mount refuses to follow redirects: keep
             // unprivileged uppers readable by it.
@@ -468,8 +545,11 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         writeback: o.writeback,
         xino: o.xino,
     };
-    Plyfs::new(cfg, upper, lowers, o.ino32)
-        .map_err(|e| format!("cannot set up the mount: {}", describe(e)))
+    let mut fs = Plyfs::new(cfg, upper, lowers, o.ino32)
+        .map_err(|e| format!("cannot set up the mount: {}", describe(e)))?;
+    fs.data_layers = data_layers;
+    fs.index = index;
+    Ok(fs)
 }
 
 fn squash(id: Option<u32>, root: bool) -> Option<u32> {

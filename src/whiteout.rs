@@ -92,6 +92,12 @@ pub struct FileMarkers {
     pub origin: Option<Vec<u8>>,
     pub xattr_whiteout: bool,
     pub metacopy: bool,
+    /// The `overlay.metacopy` value (empty, or version/len/flags/digest).
+    pub metacopy_value: Vec<u8>,
+    /// `overlay.redirect` of a metacopy file: where its data is.
+    pub redirect: Option<Vec<u8>>,
+    /// `overlay.nlink` of an indexed hard link (see `index`).
+    pub nlink: Option<Vec<u8>>,
 }
 
 /// Reads the overlay markers of `name` in `dir`. `prefixes` lists which
@@ -165,7 +171,12 @@ pub fn file_markers(
     read_markers(dir, name, prefixes, |suffix, v| match suffix {
         ovl_xattr::ORIGIN => m.origin = Some(v),
         ovl_xattr::WHITEOUT => m.xattr_whiteout = true,
-        ovl_xattr::METACOPY => m.metacopy = true,
+        ovl_xattr::METACOPY => {
+            m.metacopy = true;
+            m.metacopy_value = v;
+        }
+        ovl_xattr::REDIRECT => m.redirect = Some(v),
+        ovl_xattr::NLINK => m.nlink = Some(v),
         _ => {}
     })?;
     Ok(m)

@@ -83,6 +83,7 @@ const KERNEL_OPTS: &str = "redirect_dir=on,index=off,metacopy=off";
 fn seeds() -> Vec<u64> {
     match std::env::var("PLYFS_CROSS_SEED") {
         Ok(s) => vec![s.trim().parse().expect("PLYFS_CROSS_SEED must be a number")],
+        Err(_) if !variant_opts().is_empty() => VARIANT_SEEDS.to_vec(),
         Err(_) => DEFAULT_SEEDS.to_vec(),
     }
 }
@@ -96,9 +97,43 @@ fn ops_len() -> usize {
 
 // ---- mounts ------------------------------------------------------------------
 
+thread_local! {
+    /// Options both sides add in the running test (the metacopy variants).
+    static VARIANT_OPTS: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
+/// Seeds of the variant tests (fewer: they repeat the main ones with
+/// another option).
+const VARIANT_SEEDS: &[u64] = &[1, 2, 3, 4, 5, 6, 7, 8];
+
+/// Runs `f` with `opts` added to every mount of both sides, over
+/// [`VARIANT_SEEDS`] unless `PLYFS_CROSS_SEED` picks one.
+fn with_variant(opts: &'static str, f: impl FnOnce()) {
+    VARIANT_OPTS.with(|v| v.set(opts));
+    f();
+    VARIANT_OPTS.with(|v| v.set(""));
+}
+
+fn variant_opts() -> &'static str {
+    VARIANT_OPTS.with(|v| v.get())
+}
+
 fn mount_kernel(l: &Layers) -> KernelMount {
-    KernelMount::mount(&l.mnt, &format!("{},{KERNEL_OPTS}", l.options()))
+    let kernel_opts = match variant_opts() {
+        // metacopy=on goes with redirect_dir=on (already in KERNEL_OPTS).
+        "metacopy=on" => "redirect_dir=on,index=off,metacopy=on",
+        _ => KERNEL_OPTS,
+    };
+    KernelMount::mount(&l.mnt, &format!("{},{kernel_opts}", l.options()))
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn mount_plyfs(l: &Layers) -> PlyfsMount {
+    let opts = match variant_opts() {
+        "" => l.options(),
+        v => format!("{},{v}", l.options()),
+    };
+    PlyfsMount::start(&l.mnt, &opts, &[]).expect("mount plyfs")
 }
 
 /// Moves the upper layer below, as the new top lower layer, and gives the
@@ -992,7 +1027,7 @@ enum Guard {
 
 fn mount_side(l: &Layers, side: Side) -> Guard {
     match side {
-        Side::Plyfs => Guard::Plyfs(l.mount()),
+        Side::Plyfs => Guard::Plyfs(mount_plyfs(l)),
         Side::Kernel => Guard::Kernel {
             _mount: mount_kernel(l),
         },
@@ -1264,6 +1299,69 @@ fn kernel_writes_plyfs_reads() {
             Aspect::RotatedPlyfs,
         ],
     );
+}
+
+// ---- metacopy=on on both sides -------------------------------------------------------
+
+/// With `metacopy=on` on both sides: chown/chmod/utimes/xattr changes and
+/// renames of lower files leave metadata-only upper files (with their
+/// redirects); the kernel reads them as plyfs does, and both read them
+/// again once the upper is rotated into a lower layer (metacopy files in
+/// a lower layer, followed down to their data).
+#[test]
+fn metacopy_plyfs_writes_kernel_reads() {
+    if !require_root("metacopy_plyfs_writes_kernel_reads") {
+        return;
+    }
+    with_variant("metacopy=on", || {
+        run_seeds(
+            Side::Plyfs,
+            &[
+                Aspect::Cross,
+                Aspect::Links,
+                Aspect::Remount,
+                Aspect::Inodes,
+                Aspect::Dino,
+                Aspect::RotatedKernel,
+                Aspect::RotatedPlyfs,
+            ],
+        )
+    });
+}
+
+/// The kernel with `metacopy=on` writes; plyfs with `metacopy=on` shows the
+/// same tree (data from the layers below), and so after rotation.
+#[test]
+fn metacopy_kernel_writes_plyfs_reads() {
+    if !require_root("metacopy_kernel_writes_plyfs_reads") {
+        return;
+    }
+    with_variant("metacopy=on", || {
+        run_seeds(
+            Side::Kernel,
+            &[
+                Aspect::Cross,
+                Aspect::Links,
+                Aspect::Remount,
+                Aspect::Inodes,
+                Aspect::Dino,
+                Aspect::RotatedKernel,
+                Aspect::RotatedPlyfs,
+            ],
+        )
+    });
+}
+
+/// Both take turns writing with `metacopy=on`, each on what the other left
+/// (data copied up in place under the other's metacopy files).
+#[test]
+fn metacopy_alternating_writers() {
+    if !require_root("metacopy_alternating_writers") {
+        return;
+    }
+    with_variant("metacopy=on", || {
+        alternating(false, &[Aspect::Cross, Aspect::Links])
+    });
 }
 
 // ---- both write, in turns ------------------------------------------------------------

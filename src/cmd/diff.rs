@@ -13,8 +13,10 @@ directory alone: kernel whiteouts (0/0 devices), xattr whiteouts and .wh. files
 become .wh.NAME, opaque directories get .wh..wh..opq, hard links stay hard
 links; owners, modes, mtimes, xattrs (but overlay markers) and devices are kept.
 A directory renamed with overlay.redirect is written in full under its new name
-(opaque) and its old name whited out; metacopy files carry their lower data.
-Both need the lower layers (--lower); without them such an upper is refused.
+(opaque) and its old name whited out; metacopy files carry their data, found
+through their lower chain (metacopy lowers, absolute redirects into data-only
+layers given after '::'). Both need the lower layers (--lower); without them
+such an upper is refused.
 Entries are sorted: the same upper gives the same bytes.
 
 Live mounts: the upper of a mounted plyfs or kernel overlay can be diffed, but
@@ -26,6 +28,7 @@ Compression: pipe it, e.g. plyfs diff UPPER | zstd > layer.tar.zst
 Examples:
   plyfs diff /c/diff -o layer.tar
   plyfs diff --lower /img/app:/img/base /c/diff | gzip > layer.tar.gz
+  plyfs diff --lower /img/meta::/img/objects /c/diff -o layer.tar
   podman unshare plyfs diff ~/.local/share/containers/storage/overlay/ID/diff -o l.tar
 ";
 
@@ -33,8 +36,9 @@ Examples:
 #[derive(clap::Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
-    /// Lower layers, top first (colon separated or repeated); needed for
-    /// redirected directories and metacopy files
+    /// Lower layers, top first (colon separated or repeated; data-only
+    /// layers after `::`, as in lowerdir=); needed for redirected
+    /// directories and metacopy files
     #[arg(short = 'l', long = "lower", value_name = "L1:L2...")]
     lower: Vec<OsString>,
 
@@ -65,9 +69,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32, String> {
+    let (lowers, data_lowers) = super::lower_list(&a.lower)?;
     let o = DiffOptions {
         upper: a.upper.clone(),
-        lowers: super::lower_list(&a.lower),
+        lowers,
+        data_lowers,
         ids: Ids {
             uids: super::id_map("--uidmap", a.uidmap.as_deref())?,
             gids: super::id_map("--gidmap", a.gidmap.as_deref())?,

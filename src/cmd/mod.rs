@@ -135,14 +135,28 @@ fn id_map(key: &str, v: Option<&str>) -> Result<crate::idmap::IdMap, String> {
     Ok(crate::idmap::IdMap::new(ranges, None))
 }
 
-/// Splits `--lower` values (repeatable, colon separated, `\:` escapes).
-fn lower_list(values: &[OsString]) -> Vec<std::path::PathBuf> {
+/// Splits `--lower` values (repeatable, colon separated, `\:` escapes;
+/// layers after a `::` are data-only, as in `lowerdir=`). Returns (regular
+/// layers, data-only layers).
+fn lower_list(
+    values: &[OsString],
+) -> Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf>), String> {
     use std::os::unix::ffi::OsStrExt;
-    values
-        .iter()
-        .flat_map(|v| crate::options::split_lowerdir(v.as_bytes()))
-        .map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&p)))
-        .collect()
+    let path = |p: Vec<u8>| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&p));
+    let (mut regular, mut data) = (Vec::new(), Vec::new());
+    for v in values {
+        let (r, d) = crate::options::parse_lowerdir(v.as_bytes())
+            .map_err(|e| e.replace("option lowerdir", "--lower"))?;
+        if !data.is_empty() && !r.is_empty() {
+            return Err("--lower: a regular layer cannot follow a data-only one".into());
+        }
+        regular.extend(r.into_iter().map(path));
+        data.extend(d.into_iter().map(path));
+    }
+    if regular.is_empty() && !data.is_empty() {
+        return Err("--lower: data-only layers need a regular layer above them".into());
+    }
+    Ok((regular, data))
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub struct DiffOptions {
     /// The lower layers, top first; needed only for redirected directories
     /// and metacopy files.
     pub lowers: Vec<PathBuf>,
+    /// Data-only layers below them (`--lower A::D`): where metacopy files
+    /// of the lowers may keep their data.
+    pub data_lowers: Vec<PathBuf>,
     pub ids: Ids,
 }
 
@@ -229,7 +232,7 @@ pub fn diff<W: Write>(o: &DiffOptions, out: W) -> Result<DiffStats, String> {
     let view = if o.lowers.is_empty() {
         None
     } else {
-        Some(LowerView::open(&o.lowers)?)
+        Some(LowerView::open(&o.lowers, &o.data_lowers)?)
     };
     let root_markers = crate::lower::root_markers(root.as_fd(), &Prefix::BOTH);
     let mut chain = DirChain::new(root, libc::O_RDONLY).map_err(|e| err_at(b"", e))?;

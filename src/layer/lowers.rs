@@ -57,10 +57,13 @@ impl Drop for LowerRef {
 }
 
 impl LowerView {
-    /// Opens the layers (top first), following symlinks in the paths given.
-    pub fn open(paths: &[PathBuf]) -> Result<LowerView, String> {
-        let mut lowers = Vec::new();
-        for p in paths {
+    /// Opens the layers (top first) and the data-only layers below them
+    /// (`lowerdir=A::D`), following symlinks in the paths given. Metacopy
+    /// files in the lowers are followed (as with `metacopy=on`), so their
+    /// data is that of the file their chain ends at, never the zeros of a
+    /// placeholder.
+    pub fn open(paths: &[PathBuf], data: &[PathBuf]) -> Result<LowerView, String> {
+        let open = |p: &PathBuf| -> Result<(PathBuf, OwnedFd), String> {
             let c = CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| format!("lower {}: path contains a NUL byte", p.display()))?;
             let fd = sys::fs::open_cwd(&c, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| {
@@ -70,14 +73,19 @@ impl LowerView {
                     std::io::Error::from_raw_os_error(e.code())
                 )
             })?;
-            lowers.push((p.clone(), fd));
-        }
+            Ok((p.clone(), fd))
+        };
+        let lowers = paths.iter().map(open).collect::<Result<Vec<_>, _>>()?;
+        let data_fds = data.iter().map(open).collect::<Result<Vec<_>, _>>()?;
         let o = MountOptions {
             lowers: paths.to_vec(),
+            data_lowers: data.to_vec(),
+            metacopy: Some(true),
             ..MountOptions::default()
         };
         let checked = crate::setup::Checked {
             lowers,
+            data: data_fds,
             upper: None,
             work: None,
             mountpoint: PathBuf::from("/"),
@@ -154,8 +162,14 @@ impl LowerRef {
         self.object()?.locate()
     }
 
-    /// Opens the real object's data for reading (regular files).
+    /// Opens the file's data for reading (regular files): the real object,
+    /// or for a metacopy file the end of its chain (a lower layer or a
+    /// data-only one).
     pub fn open_data(&self) -> Result<OwnedFd, Errno> {
+        let meta = self.node.state.read().metacopy.clone();
+        if let Some(d) = meta {
+            return self.fs.open_metacopy_data(&d, libc::O_RDONLY);
+        }
         let (pfd, name) = self.locate()?;
         sys::fs::openat(
             pfd.as_fd(),

@@ -86,6 +86,11 @@ impl Plyfs {
         self.copy_up(&parent)?;
         if let NewObject::Link { source } = &what {
             self.copy_up(source)?;
+            // A metacopy file gets an absolute redirect, so that every
+            // name of it finds its data (as the kernel's ovl_link does).
+            self.set_link_redirect(source)?;
+            // An indexed hard link counts the new name with its upper one.
+            self.index_before_link(source)?;
         }
         let _g = parent.dir_lock.lock();
         let pfd = self.upper_dir_fd(&parent)?;

@@ -52,6 +52,18 @@ impl Plyfs {
     /// keep the handle's listing, and since offsets are name hashes any
     /// listing continues any other correctly.
     fn listing_for(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Node>, Arc<Listing>)> {
+        let (node, l) = self.listing_at(ino, fh, offset)?;
+        // Without metacopy=on the kernel's readdir fails where it looks a
+        // metacopy entry up for its d_ino (merged and impure directories:
+        // every directory a copy-up left one in): EPERM, as its lookup.
+        if l.has_metacopy && !self.follow_metacopy() {
+            log::warn!("refusing to list metacopy files (mount with metacopy=on)");
+            return Err(Errno::EPERM);
+        }
+        Ok((node, l))
+    }
+
+    fn listing_at(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Node>, Arc<Listing>)> {
         let Some(h) = self.handles.dir(fh) else {
             // No handle (the kernel opens directories itself): the current
             // listing; name-hash offsets make any listing continue any other.

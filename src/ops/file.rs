@@ -66,15 +66,21 @@ impl Plyfs {
                 },
             )?;
             // O_TRUNC: the data would be thrown away right after.
-            self.copy_up_opts(node, flags & libc::O_TRUNC == 0)?;
+            self.copy_up_with_data(node, flags & libc::O_TRUNC != 0)?;
         }
         let real = self.real_open_flags(flags);
-        let fd = if node.has_upper() {
+        let meta = node.state.read().metacopy.clone();
+        let fd = if let Some(d) = meta.filter(|_| !wants_write(flags)) {
+            // A metacopy file: its data is in another layer.
+            self.open_metacopy_data(&d, real)?
+        } else if node.has_upper() {
             self.open_upper(node, real)?
         } else {
             let lower = node.top_lower()?;
             let (pfd, name) = lower.locate()?;
-            open_noatime(pfd.as_fd(), &name, real)?
+            let fd = open_noatime(pfd.as_fd(), &name, real)?;
+            self.refuse_lower_metacopy(fd.as_fd())?;
+            fd
         };
         if flags & libc::O_TRUNC != 0 {
             if flags & libc::O_ACCMODE == libc::O_RDONLY {
@@ -117,7 +123,7 @@ impl Plyfs {
     pub fn do_open(&self, ino: u64, flags: i32, caller_uid: u32) -> Result<(u64, Arc<OpenFile>)> {
         let node = self.node(ino)?;
         let fd = self.open_node_fd(&node, flags, caller_uid)?;
-        let on_upper = node.has_upper();
+        let on_upper = self.upper_has_data(&node);
         Ok(self.register_file(node, fd, on_upper, flags))
     }
 
@@ -140,7 +146,7 @@ impl Plyfs {
     /// A read-only handle opened on a lower file follows the file to the
     /// upper layer once it was copied up (as kernel overlayfs does).
     pub fn refresh_handle(&self, f: &OpenFile) -> Result<()> {
-        if f.is_on_upper() || !f.node.has_upper() {
+        if f.is_on_upper() || !self.upper_has_data(&f.node) {
             return Ok(());
         }
         let fd = self.open_upper(&f.node, self.real_open_flags(f.flags))?;

@@ -41,8 +41,12 @@ impl Plyfs {
             // An open file answers from its descriptor: this also works after
             // its last name was removed.
             self.refresh_handle(&f)?;
-            let st = sys::fs::fstat(f.fd().as_fd())?;
-            return self.attr_from(&f.node, &st);
+            // A metacopy file's handle reads another object's data: its
+            // attributes come from the metadata object.
+            if self.handle_is_meta(&f.node, f.is_on_upper()) {
+                let st = sys::fs::fstat(f.fd().as_fd())?;
+                return self.attr_from(&f.node, &st);
+            }
         }
         let node = self.node(ino)?;
         match self.node_attr(&node) {
@@ -53,7 +57,7 @@ impl Plyfs {
                     .handles
                     .files_of(node.ino)
                     .into_iter()
-                    .next()
+                    .find(|f| self.handle_is_meta(&f.node, f.is_on_upper()))
                     .ok_or(e)?;
                 let st = sys::fs::fstat(f.fd().as_fd())?;
                 self.attr_from(&node, &st)

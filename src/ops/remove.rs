@@ -30,6 +30,12 @@ impl Plyfs {
         self.upper_layer()?;
         self.check_change(&parent, Change::DirRemove)?;
         self.copy_up(&parent)?;
+        // An indexed hard link: its name linked up, its count stored.
+        let indexed = if dir {
+            None
+        } else {
+            self.index_before_remove(&parent, name)?
+        };
         let _g = parent.dir_lock.lock();
         let f = self.resolve_found(&parent, name)?;
         match (dir, f.is_dir()) {
@@ -86,13 +92,16 @@ impl Plyfs {
         if let (Some(u), true) = (f.upper, last_link) {
             self.inos.unalias(u);
         }
-        if let Some(v) = victim {
+        if let Some(v) = &victim {
             v.remove_alias(parent.ino, name.as_bytes());
             if last_link {
                 v.state.write().unlinked = true;
             } else if let Some(u) = f.upper.filter(|_| v.state.read().aliases.is_empty()) {
-                self.relearn_names(&v, &parent, &pfd, u);
+                self.relearn_names(v, &parent, &pfd, u);
             }
+        }
+        if let Some(u) = indexed {
+            self.index_after_remove(u, victim.as_ref());
         }
         Ok(())
     }

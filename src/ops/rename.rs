@@ -69,9 +69,13 @@ impl Plyfs {
         self.copy_up(&parent)?;
         self.copy_up(&newparent)?;
         self.prepare_operand(&src)?;
+        let mut indexed_victim = None;
         if flags & EXCHANGE != 0 {
             let dst = self.node_at(&newparent, newname)?;
             self.prepare_operand(&dst)?;
+        } else if !Arc::ptr_eq(&parent, &newparent) || name.as_bytes() != newname.as_bytes() {
+            // An indexed hard link about to be replaced: counted as an unlink.
+            indexed_victim = self.index_before_remove(&newparent, newname)?;
         }
         let _locks = lock_dirs(&parent, &newparent);
         let sf = self.resolve_found(&parent, name)?;
@@ -99,6 +103,11 @@ impl Plyfs {
             if let Some(d) = dnode.as_ref().filter(|d| d.is_dir()) {
                 self.set_redirect(d, &npfd, newname, same)?;
                 self.opaque_if_pure(d, &df, &npfd, newname, &parent)?;
+            }
+            // Metacopy files record where their data is before they move.
+            self.set_metacopy_redirect(&src, (&pfd, name), &parent, same)?;
+            if let Some(d) = dnode.as_ref().filter(|d| !d.is_dir()) {
+                self.set_metacopy_redirect(d, (&npfd, newname), &newparent, same)?;
             }
             sys::fs::renameat2(
                 pfd.as_fd(),
@@ -160,6 +169,10 @@ impl Plyfs {
         if sf.is_dir() {
             self.set_redirect(&src, &pfd, name, Arc::ptr_eq(&parent, &newparent))?;
             self.opaque_if_pure(&src, &sf, &pfd, name, &newparent)?;
+        } else {
+            // A metacopy file records where its data is before it moves.
+            let same = Arc::ptr_eq(&parent, &newparent);
+            self.set_metacopy_redirect(&src, (&pfd, name), &parent, same)?;
         }
         let src_needs_whiteout = self.lower_presence(&parent, name)?;
         if let Some(df) = replaced
@@ -230,6 +243,10 @@ impl Plyfs {
             self.mark_impure(&newparent, &npfd);
         }
         self.after_rename(&parent, &newparent);
+        if let Some(u) = indexed_victim.filter(|u| Some(*u) != sf.upper) {
+            let victim = self.inos_node(u);
+            self.index_after_remove(u, victim.as_ref());
+        }
         Ok(())
     }
 

@@ -80,8 +80,10 @@ impl Plyfs {
         }
         let handle = a.fh.and_then(|fh| self.handles.file(fh));
         match a.size {
-            Some(0) => self.copy_up_opts(&node, false)?,
-            _ => self.copy_up(&node)?,
+            // Truncation changes the data: it needs the data copied up
+            // (not for size 0: it is thrown away).
+            Some(size) => self.copy_up_with_data(&node, size == 0)?,
+            None => self.copy_up(&node)?,
         }
         // Host ids for the new owner; ids outside the mapping cannot be stored.
         let uid = match a.uid {

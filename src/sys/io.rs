@@ -191,3 +191,20 @@ pub fn set_fsxattr(fd: BorrowedFd<'_>, attr: &[u8; FSXATTR_SIZE]) -> SysResult<(
     // SAFETY: the kernel reads one struct fsxattr (28 bytes) from `attr`.
     check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, attr.as_ptr()) }).map(drop)
 }
+
+/// `FS_IOC_MEASURE_VERITY`: the fs-verity digest of an open file, as
+/// (hash algorithm, digest). ENODATA when the file has no fs-verity;
+/// EOPNOTSUPP or ENOTTY where the filesystem or kernel lacks it.
+pub fn measure_verity(fd: BorrowedFd<'_>) -> SysResult<(u16, Vec<u8>)> {
+    // _IOWR('f', 134, struct fsverity_digest { u16 algo; u16 size; u8 digest[] })
+    const FS_IOC_MEASURE_VERITY: libc::c_ulong = 0xc004_6686;
+    const MAX_DIGEST: usize = 64;
+    let mut buf = [0u8; 4 + MAX_DIGEST];
+    buf[2..4].copy_from_slice(&(MAX_DIGEST as u16).to_ne_bytes());
+    // SAFETY: `buf` holds the header and room for the `digest_size` bytes
+    // announced in it, which bounds what the kernel writes.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_MEASURE_VERITY, buf.as_mut_ptr()) })?;
+    let algo = u16::from_ne_bytes([buf[0], buf[1]]);
+    let size = (u16::from_ne_bytes([buf[2], buf[3]]) as usize).min(MAX_DIGEST);
+    Ok((algo, buf[4..4 + size].to_vec()))
+}

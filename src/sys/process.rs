@@ -4,7 +4,7 @@
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use super::{SysResult, check};
+use super::{SysResult, check, retry};
 
 pub enum Fork {
     Parent(libc::pid_t),
@@ -160,4 +160,18 @@ pub fn malloc_trim() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
+pub fn random_bytes(buf: &mut [u8]) -> SysResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`.
+        let n = retry(|| {
+            super::check_size(unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) })
+        })?;
+        done += n;
+    }
+    Ok(())
 }
