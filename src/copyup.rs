@@ -72,7 +72,7 @@ impl Plyfs {
         self.kernel.attrs_changed(node.ino);
         let mut s = node.state.write();
         s.opaque = true;
-        s.lowers = Arc::from(Vec::new());
+        s.lowers = Default::default();
         s.stack_checked = true;
         drop(s);
         node.touch_version();

@@ -17,7 +17,7 @@ use crate::idmap::IdMap;
 use crate::ino::{self, InoMap};
 use crate::lower::LowerObj;
 use crate::names::Name;
-use crate::node::{Alias, Ident, Node, NodeState};
+use crate::node::{Alias, Ident, Lowers, Node, NodeState};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Table;
@@ -95,6 +95,8 @@ pub struct Plyfs {
     pub plus: crate::rdplus::PlusPolicy,
     /// Invalidates attributes the kernel caches (see `inval`).
     pub kernel: crate::inval::KernelCache,
+    /// Recently read directory listings (see `listcache`).
+    pub listings: crate::listcache::ListingCache,
 }
 
 impl Plyfs {
@@ -122,6 +124,7 @@ impl Plyfs {
             io: Default::default(),
             plus: Default::default(),
             kernel: Default::default(),
+            listings: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -148,7 +151,7 @@ impl Plyfs {
         if let Some(u) = &self.upper {
             let weak: Weak<dyn FdHolder> = Arc::downgrade(&node) as Weak<dyn FdHolder>;
             let fd = sys::fs::dup(u.root.as_fd())?;
-            node.upper_fd.fill(fd, weak, None);
+            node.upper_fd().fill(fd, weak, None);
         }
         Ok(node)
     }
@@ -186,7 +189,7 @@ impl Plyfs {
     /// Iterative: evicted ancestors are reopened top-down from the nearest
     /// one still cached, so any directory depth works on a thread's stack.
     pub fn upper_dir_fd(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = node.upper_fd.get() {
+        if let Some(fd) = node.upper_fd().get() {
             return Ok(fd);
         }
         if node.ino == ino::ROOT {
@@ -199,7 +202,7 @@ impl Plyfs {
         let mut fd = loop {
             let (parent, name) = self.parent_of(&cur)?;
             chain.push((cur, name, parent.clone()));
-            if let Some(fd) = parent.upper_fd.get() {
+            if let Some(fd) = parent.upper_fd().get() {
                 break fd;
             }
             if parent.ino == ino::ROOT {
@@ -228,7 +231,7 @@ impl Plyfs {
         parent: &Arc<Node>,
     ) -> Result<Arc<OwnedFd>> {
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        if node.upper_fd.filled_once() {
+        if node.upper_fd().filled_once() {
             let st = sys::fs::fstat(fd.as_fd())?;
             if node.state.read().upper != Some((st.dev, st.ino)) {
                 log::warn!("upper directory of {node:?} changed under the mount");
@@ -237,7 +240,7 @@ impl Plyfs {
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
         let pweak: Weak<dyn FdHolder> = Arc::downgrade(parent) as Weak<dyn FdHolder>;
-        Ok(node.upper_fd.fill(fd, weak, Some(pweak)))
+        Ok(node.upper_fd().fill(fd, weak, Some(pweak)))
     }
 
     /// Parent upper directory and name of a node's upper object. Names of
@@ -288,7 +291,7 @@ impl Plyfs {
 
     /// The pinned descriptor of a node whose names are all gone.
     pub fn pinned(&self, node: &Node) -> Option<Arc<OwnedFd>> {
-        node.pin.lock().clone()
+        node.pin()
     }
 
     /// Opens a node's upper regular file by one of its names, checking it is
@@ -344,7 +347,7 @@ impl Plyfs {
 
     /// The lower directories merged below `node`, with lower opaque markers
     /// applied (done once per node, lazily for nodes made from listings).
-    pub fn dir_stack(&self, node: &Node) -> Result<Arc<[Arc<LowerObj>]>> {
+    pub fn dir_stack(&self, node: &Node) -> Result<Lowers> {
         let (stack, checked) = {
             let s = node.state.read();
             (s.lowers.clone(), s.stack_checked)
@@ -372,7 +375,7 @@ impl Plyfs {
             let f = self.resolve_found(&parent, &name)?;
             trimmed = f.lowers;
         }
-        let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
+        let trimmed: Lowers = trimmed.into();
         let mut s = node.state.write();
         if !s.stack_checked {
             s.lowers = trimmed.clone();
@@ -403,7 +406,7 @@ impl Plyfs {
                 base = r.to_vec();
                 break;
             }
-            comps.push(redirect.unwrap_or(alias.name));
+            comps.push(redirect.unwrap_or_else(|| alias.name.as_bytes().into()));
             if comps.len() > self.table.len() {
                 return Err(Errno::ELOOP);
             }

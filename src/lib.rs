@@ -22,6 +22,7 @@ pub mod idmap;
 pub mod ino;
 pub mod inval;
 pub mod layer;
+pub mod listcache;
 pub mod listing;
 pub mod lower;
 pub mod names;

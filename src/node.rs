@@ -6,14 +6,22 @@
 //! objects are found through the node's names (an upper entry always sits at
 //! the same name as in the merged view); lower objects carry their own way
 //! back to their layer root.
+//!
+//! There is a node for every object the kernel caches, so a walk of a large
+//! tree holds hundreds of thousands of them: a node keeps only what every
+//! node needs, inline (one name, one lower object without a separate
+//! allocation), and what only directories, open files or unlinked objects
+//! need in a [`NodeSide`] allocated on first use.
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::fdcache::{FdHolder, FdSlot};
 use crate::lower::LowerObj;
+use crate::names::NameBuf;
 
 /// Identity of a real object: (st_dev, st_ino).
 pub type Ident = (u64, u64);
@@ -22,19 +30,160 @@ pub type Ident = (u64, u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alias {
     pub parent: u64,
-    pub name: Box<[u8]>,
+    pub name: NameBuf,
+}
+
+/// The names of a node, most recent first: one inline (nearly every node
+/// has exactly one), more on the heap.
+#[derive(Clone, Debug)]
+pub struct Aliases(AliasRepr);
+
+#[derive(Clone, Debug)]
+enum AliasRepr {
+    One(Alias),
+    // A thin pointer, so that `Aliases` is no larger than one `Alias`.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Alias>>),
+}
+
+impl Default for Aliases {
+    fn default() -> Self {
+        Aliases(AliasRepr::Many(Box::default()))
+    }
+}
+
+impl Aliases {
+    pub fn one(alias: Alias) -> Aliases {
+        Aliases(AliasRepr::One(alias))
+    }
+
+    /// Replaces every name with `alias`.
+    pub fn set_only(&mut self, alias: Alias) {
+        self.0 = AliasRepr::One(alias);
+    }
+
+    /// Puts `alias` first (adding it if new) and keeps at most `max` names.
+    pub fn put_first(&mut self, alias: Alias, max: usize) {
+        if let AliasRepr::One(a) = &self.0
+            && *a == alias
+        {
+            return;
+        }
+        let mut v = self.to_vec();
+        if let Some(pos) = v.iter().position(|a| *a == alias) {
+            v.remove(pos);
+        }
+        v.insert(0, alias);
+        v.truncate(max);
+        *self = Aliases::from(v);
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&Alias) -> bool) {
+        let mut v = self.to_vec();
+        v.retain(keep);
+        *self = Aliases::from(v);
+    }
+}
+
+impl From<Vec<Alias>> for Aliases {
+    fn from(mut v: Vec<Alias>) -> Aliases {
+        match v.pop() {
+            Some(a) if v.is_empty() => Aliases::one(a),
+            Some(a) => {
+                v.push(a);
+                Aliases(AliasRepr::Many(Box::new(v)))
+            }
+            None => Aliases::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Aliases {
+    type Target = [Alias];
+    fn deref(&self) -> &[Alias] {
+        match &self.0 {
+            AliasRepr::One(a) => std::slice::from_ref(a),
+            AliasRepr::Many(v) => v,
+        }
+    }
+}
+
+impl IntoIterator for Aliases {
+    type Item = Alias;
+    type IntoIter = std::vec::IntoIter<Alias>;
+    fn into_iter(self) -> Self::IntoIter {
+        match self.0 {
+            AliasRepr::One(a) => vec![a].into_iter(),
+            AliasRepr::Many(v) => v.into_iter(),
+        }
+    }
+}
+
+/// The lower objects of a node: a directory's stack (top first), or the
+/// one lower object a non-directory came from, held without a slice of its
+/// own.
+#[derive(Clone)]
+pub struct Lowers(LowerRepr);
+
+#[derive(Clone)]
+enum LowerRepr {
+    One(Arc<LowerObj>),
+    Stack(Arc<[Arc<LowerObj>]>),
+}
+
+/// The empty stack, shared so that nodes without lower objects (everything
+/// created in the upper layer) allocate nothing for it.
+static NO_LOWERS: std::sync::LazyLock<Arc<[Arc<LowerObj>]>> =
+    std::sync::LazyLock::new(|| Arc::from(Vec::new()));
+
+impl Default for Lowers {
+    fn default() -> Self {
+        Lowers(LowerRepr::Stack(NO_LOWERS.clone()))
+    }
+}
+
+impl From<Vec<Arc<LowerObj>>> for Lowers {
+    fn from(mut v: Vec<Arc<LowerObj>>) -> Lowers {
+        match v.len() {
+            0 => Lowers::default(),
+            1 => match v.pop() {
+                Some(l) => Lowers(LowerRepr::One(l)),
+                None => Lowers::default(),
+            },
+            _ => Lowers(LowerRepr::Stack(v.into())),
+        }
+    }
+}
+
+impl std::ops::Deref for Lowers {
+    type Target = [Arc<LowerObj>];
+    fn deref(&self) -> &[Arc<LowerObj>] {
+        match &self.0 {
+            LowerRepr::One(l) => std::slice::from_ref(l),
+            LowerRepr::Stack(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for Lowers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct NodeState {
     /// Names this node is known under. Directories have exactly one.
-    pub aliases: Vec<Alias>,
+    pub aliases: Aliases,
     /// The upper object, once the node exists in the upper layer.
     pub upper: Option<Ident>,
     /// Directories: the lower directories merged below the upper one, top
     /// first. Non-directories: the lower object the node came from (its
     /// origin), if any.
-    pub lowers: Arc<[Arc<LowerObj>]>,
+    pub lowers: Lowers,
+    /// `overlay.redirect` of the upper directory: where its lower content
+    /// lives (a name in the parent's lower directories, or `/a/b`).
+    pub redirect: Option<Box<[u8]>>,
     /// Directories whose stack came from a listing still need their lower
     /// opaque markers applied before the stack is used.
     pub stack_checked: bool,
@@ -45,11 +194,26 @@ pub struct NodeState {
     pub impure: bool,
     /// Upper directory may contain xattr whiteouts (`overlay.opaque=x`).
     pub xattr_whiteouts: bool,
-    /// `overlay.redirect` of the upper directory: where its lower content
-    /// lives (a name in the parent's lower directories, or `/a/b`).
-    pub redirect: Option<Box<[u8]>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
+}
+
+/// What few nodes need: directories (a cached descriptor, a version for
+/// listings), open regular files (their I/O mode) and objects whose last
+/// name went while the kernel still holds them (a pin).
+#[derive(Default)]
+pub struct NodeSide {
+    /// Cached `O_PATH` descriptor of the upper directory.
+    pub upper_fd: FdSlot,
+    /// Bumped on every change of a directory's entries (listing caches).
+    pub version: AtomicU64,
+    /// Directories: the current listing gave names-only entries.
+    pub lazy_listed: AtomicBool,
+    /// The real object of a node whose last name was removed while the
+    /// kernel still references it (see `Plyfs::pin_inode`).
+    pub pin: Mutex<Option<Arc<OwnedFd>>>,
+    /// How the open handles of a regular file do I/O (see `tuning`).
+    pub io: Mutex<crate::tuning::NodeIo>,
 }
 
 pub struct Node {
@@ -57,35 +221,23 @@ pub struct Node {
     pub generation: u64,
     /// `S_IFMT` bits of the merged object; fixed for the node's life.
     pub kind: u32,
-    pub state: RwLock<NodeState>,
-    /// Cached `O_PATH` descriptor of the upper directory.
-    pub upper_fd: FdSlot,
+    /// Attributes the kernel keeps asking for (see `xattr_probe_bit`) known
+    /// to be absent; cleared by any xattr change through plyfs.
+    pub xattr_absent: AtomicU8,
+    /// Immutable/append-only protection, once known (see `ops::fileattr`).
+    pub prot: AtomicU8,
     /// Serialises copy-up of this node.
     pub copy_lock: Mutex<()>,
     /// Serialises changes to this directory's upper entries. May be taken
     /// while holding a child's `copy_lock`, never the other way round.
     pub dir_lock: Mutex<()>,
-    /// Bumped on every change of a directory's entries (listing caches).
-    pub version: AtomicU64,
-    /// The real object of a node whose last name was removed while the
-    /// kernel still references it (see `Plyfs::pin_inode`).
-    pub pin: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
-    /// Directories: the current merged listing, shared by open handles.
-    pub listing: Mutex<Option<Arc<crate::listing::Listing>>>,
-    /// Attributes the kernel keeps asking for (see `xattr_probe_bit`) known
-    /// to be absent; cleared by any xattr change through plyfs.
-    pub xattr_absent: std::sync::atomic::AtomicU8,
-    /// Directories: the current listing gave names-only entries.
-    pub lazy_listed: std::sync::atomic::AtomicBool,
-    /// Immutable/append-only protection, once known (see `ops::fileattr`).
-    pub prot: std::sync::atomic::AtomicU8,
-    /// How the open handles of a regular file do I/O (see `tuning`).
-    pub io: Mutex<crate::tuning::NodeIo>,
+    pub state: RwLock<NodeState>,
+    side: once_cell::race::OnceBox<NodeSide>,
 }
 
 impl FdHolder for Node {
     fn slot(&self) -> &FdSlot {
-        &self.upper_fd
+        self.upper_fd()
     }
 }
 
@@ -103,18 +255,39 @@ impl Node {
             ino,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             kind,
-            state: RwLock::new(state),
-            upper_fd: FdSlot::empty(),
+            xattr_absent: AtomicU8::new(0),
+            prot: AtomicU8::new(0),
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
-            version: AtomicU64::new(0),
-            pin: Mutex::new(None),
-            listing: Mutex::new(None),
-            xattr_absent: std::sync::atomic::AtomicU8::new(0),
-            lazy_listed: std::sync::atomic::AtomicBool::new(false),
-            prot: std::sync::atomic::AtomicU8::new(0),
-            io: Mutex::new(Default::default()),
+            state: RwLock::new(state),
+            side: once_cell::race::OnceBox::new(),
         }
+    }
+
+    /// The node's side part, made on first use.
+    pub fn side(&self) -> &NodeSide {
+        self.side.get_or_init(Box::default)
+    }
+
+    /// The side part if it was ever made.
+    pub fn side_if_any(&self) -> Option<&NodeSide> {
+        self.side.get()
+    }
+
+    /// Slot of the cached `O_PATH` descriptor of the upper directory.
+    pub fn upper_fd(&self) -> &FdSlot {
+        &self.side().upper_fd
+    }
+
+    /// Version of a directory's entries (see [`Node::touch_version`]).
+    pub fn version(&self) -> u64 {
+        self.side_if_any()
+            .map_or(0, |s| s.version.load(Ordering::Relaxed))
+    }
+
+    /// The pinned real object of a node whose names are all gone.
+    pub fn pin(&self) -> Option<Arc<OwnedFd>> {
+        self.side_if_any()?.pin.lock().clone()
     }
 
     pub fn is_dir(&self) -> bool {
@@ -151,16 +324,11 @@ impl Node {
     pub fn add_alias(&self, alias: Alias) {
         let mut s = self.state.write();
         if self.kind == libc::S_IFDIR {
-            s.aliases.clear();
-            s.aliases.push(alias);
+            s.aliases.set_only(alias);
             return;
         }
-        if let Some(pos) = s.aliases.iter().position(|a| *a == alias) {
-            s.aliases.remove(pos);
-        }
-        s.aliases.insert(0, alias);
         // Bound the list: the kernel only uses names it looked up recently.
-        s.aliases.truncate(16);
+        s.aliases.put_first(alias, 16);
     }
 
     /// Forgets the name `alias`; marks the node unlinked when it was the last.
@@ -171,6 +339,51 @@ impl Node {
     }
 
     pub fn touch_version(&self) {
-        self.version.fetch_add(1, Ordering::Relaxed);
+        self.side().version.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alias(parent: u64, name: &[u8]) -> Alias {
+        Alias {
+            parent,
+            name: NameBuf::new(name),
+        }
+    }
+
+    #[test]
+    fn aliases_most_recent_first_and_bounded() {
+        let mut a = Aliases::one(alias(1, b"a"));
+        a.put_first(alias(1, b"a"), 16);
+        assert_eq!(a.len(), 1);
+        a.put_first(alias(2, b"b"), 16);
+        assert_eq!(a.to_vec(), vec![alias(2, b"b"), alias(1, b"a")]);
+        a.put_first(alias(1, b"a"), 16);
+        assert_eq!(a.to_vec(), vec![alias(1, b"a"), alias(2, b"b")]);
+        for i in 0..40u64 {
+            a.put_first(alias(i + 10, b"x"), 16);
+        }
+        assert_eq!(a.len(), 16);
+        a.retain(|x| x.parent == 49);
+        assert_eq!(a.to_vec(), vec![alias(49, b"x")]);
+        a.retain(|_| false);
+        assert!(a.is_empty());
+        assert_eq!(a.clone().into_iter().count(), 0);
+    }
+
+    #[test]
+    fn per_node_state_stays_small() {
+        // One node per cached entry: these sizes are the daemon's memory
+        // per entry of a large walk (see benches/overlay.rs, `scale`).
+        assert_eq!(std::mem::size_of::<Aliases>(), 24);
+        assert_eq!(std::mem::size_of::<Lowers>(), 16);
+        assert!(
+            std::mem::size_of::<Node>() <= 128,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 }

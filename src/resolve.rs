@@ -115,7 +115,7 @@ impl Found {
     /// The state of a node standing for this object, known as `alias`.
     pub fn node_state(&self, alias: Alias) -> NodeState {
         NodeState {
-            aliases: vec![alias],
+            aliases: crate::node::Aliases::one(alias),
             upper: self.upper,
             lowers: self.lowers.clone().into(),
             stack_checked: self.stack_checked,
@@ -359,7 +359,7 @@ impl Plyfs {
                         stop = false;
                         positions = roots()
                             .into_iter()
-                            .filter(|l| l.layer > obj.layer)
+                            .filter(|l| l.layer() > obj.layer())
                             .collect();
                         i = 0;
                     }
@@ -450,7 +450,7 @@ impl Plyfs {
         };
         if let Some(o) = f.origin.as_deref().and_then(origin::decode) {
             for l in &f.lowers {
-                let magic = self.lowers.get(l.layer).map(|x| x.fs_magic).unwrap_or(0);
+                let magic = self.lowers.get(l.layer()).map(|x| x.fs_magic).unwrap_or(0);
                 if o.inode_number(magic) == Some(l.ino) {
                     return Ok((l.dev, l.ino));
                 }

@@ -88,7 +88,7 @@ impl Plyfs {
     /// forgets the old node. Released when the node is dropped.
     pub fn pin_inode(&self, node: &Node, dir: std::os::fd::BorrowedFd<'_>, name: &Name) {
         match sys::fs::open_path(dir, name.as_cstr()) {
-            Ok(fd) => *node.pin.lock() = Some(Arc::new(fd)),
+            Ok(fd) => *node.side().pin.lock() = Some(Arc::new(fd)),
             Err(e) => log::debug!("cannot pin {node:?}: {e:?}"),
         }
     }
