@@ -14,6 +14,7 @@
 //!                        else target/bench-results.json)
 //!   --timeout SECS       give up on one run after this long (default 900)
 //!   --no-mem             skip the daemon memory / fd report
+//!   --scale-sizes S1,S2  file counts of the `scale` trees (default 300k,1m)
 //! ```
 //!
 //! Environment: `PLYFS_BIN` (plyfs binary; default: the one cargo built for this
@@ -35,6 +36,8 @@
 //!   mean of the ratios) and writes the raw figures as JSON.
 //! * Reports the FUSE daemons' peak RSS and open fds after a tree walk and
 //!   after `echo 2 > drop_caches` (the kernel forgets its inodes).
+//! * `--only scale` (not in the default run): the daemons' memory per
+//!   cached entry on walks of 300k- and 1M-file trees (see `overlay/scale.rs`).
 //!
 //! Nothing here asserts on speed: machines are noisy, figures are for people.
 //! Mounts are held by guards that unmount on drop (also on panic); Ctrl-C
@@ -65,6 +68,8 @@ const TREE_VERSION: u32 = 1;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
+
+mod scale;
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -110,12 +115,13 @@ struct Config {
     json: PathBuf,
     timeout: Duration,
     mem: bool,
+    scale_sizes: Vec<usize>,
 }
 
 fn usage() -> &'static str {
     "usage: cargo bench --bench overlay -- [--list] [--only W1,W2] \
      [--systems plyfs,kernel,fuse-overlayfs] [--reps N] [--quick] [--dir PATH] \
-     [--rebuild] [--json PATH] [--timeout SECS] [--no-mem]"
+     [--rebuild] [--json PATH] [--timeout SECS] [--no-mem] [--scale-sizes 300k,1m]"
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -134,6 +140,7 @@ fn parse_args() -> Result<Config, String> {
         json: default_json,
         timeout: Duration::from_secs(900),
         mem: true,
+        scale_sizes: vec![300_000, 1_000_000],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -146,6 +153,7 @@ fn parse_args() -> Result<Config, String> {
             "--rebuild" => c.rebuild = true,
             "--no-mem" => c.mem = false,
             "--dir" => c.dir = PathBuf::from(value("--dir")?),
+            "--scale-sizes" => c.scale_sizes = scale::parse_sizes(&value("--scale-sizes")?)?,
             "--json" => c.json = PathBuf::from(value("--json")?),
             "--reps" => {
                 c.reps = value("--reps")?
@@ -1866,12 +1874,13 @@ fn main() {
             println!("{:<12} {}", w.name, (w.describe)(sizes, None));
         }
         println!("{DIFF_WORKLOAD:<12} {DIFF_DESCRIPTION}");
+        println!("{:<12} {}", scale::WORKLOAD, scale::DESCRIPTION);
         return;
     }
     let selected: Vec<&Workload> = match &cfg.only {
         Some(names) => {
             for n in names {
-                if n != DIFF_WORKLOAD && !all.iter().any(|w| w.name == n) {
+                if n != DIFF_WORKLOAD && n != scale::WORKLOAD && !all.iter().any(|w| w.name == n) {
                     eprintln!("overlay bench: unknown workload {n:?} (see --list)");
                     std::process::exit(2);
                 }
@@ -1886,7 +1895,12 @@ fn main() {
         .only
         .as_ref()
         .is_none_or(|names| names.iter().any(|n| n == DIFF_WORKLOAD));
-    if let Err(e) = real_main(&cfg, sizes, &selected, want_diff) {
+    // Only when asked for: large trees, minutes per system.
+    let want_scale = cfg
+        .only
+        .as_ref()
+        .is_some_and(|names| names.iter().any(|n| n == scale::WORKLOAD));
+    if let Err(e) = real_main(&cfg, sizes, &selected, want_diff, want_scale) {
         eprintln!("overlay bench: {e}");
         std::process::exit(1);
     }
@@ -1897,6 +1911,7 @@ fn real_main(
     sizes: &Sizes,
     selected: &[&Workload],
     want_diff: bool,
+    want_scale: bool,
 ) -> Result<(), String> {
     let started = Instant::now();
     let root = is_root();
@@ -2010,6 +2025,10 @@ fn real_main(
     if !can_drop {
         println!("WARNING: not root, cannot drop caches: every run is warm");
     }
+    if selected.is_empty() && !want_diff {
+        // `--only scale` needs no layer tree of its own.
+        return scale_main(cfg, &systems, &bins, can_drop, started);
+    }
 
     // Tree.
     let tree_root = cfg
@@ -2110,6 +2129,18 @@ fn real_main(
         None
     };
 
+    let scale_rows = (want_scale && !interrupted).then(|| {
+        let senv = scale::Env {
+            dirs: &dirs,
+            bins: &bins,
+            bench_dir: &cfg.dir,
+            can_drop,
+            timeout: cfg.timeout,
+        };
+        scale::run_all(&senv, &systems, &cfg.scale_sizes)
+    });
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+
     let mut mem = Vec::new();
     if cfg.mem && !interrupted {
         for &s in systems.iter().filter(|s| s.is_fuse()) {
@@ -2182,6 +2213,9 @@ fn real_main(
     }
     if let Some(d) = &diff_figures {
         print_diff_figures(d);
+    }
+    if let Some(rows) = &scale_rows {
+        scale::print(rows);
     }
     println!("workloads:");
     for w in selected {
@@ -2319,7 +2353,60 @@ fn real_main(
         })
         .collect();
     j.push_str(&m.join(", "));
-    j.push_str("]\n}\n");
+    j.push(']');
+    if let Some(rows) = &scale_rows {
+        j.push_str(",\n  \"scale\": ");
+        j.push_str(&scale::json(rows));
+    }
+    j.push_str("\n}\n");
+    if let Some(parent) = cfg.json.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    fs::write(&cfg.json, j).map_err(|e| format!("write {}: {e}", cfg.json.display()))?;
+    println!("results written to {}", cfg.json.display());
+    Ok(())
+}
+
+/// `--only scale`: the memory rows alone, without the layer tree.
+fn scale_main(
+    cfg: &Config,
+    systems: &[System],
+    bins: &Bins,
+    can_drop: bool,
+    started: Instant,
+) -> Result<(), String> {
+    println!(
+        "runs: {} over {}",
+        scale::WORKLOAD,
+        systems
+            .iter()
+            .filter(|s| s.is_fuse())
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!();
+    let dirs = RunDirs::new(&cfg.dir)?;
+    install_watchdog();
+    let senv = scale::Env {
+        dirs: &dirs,
+        bins,
+        bench_dir: &cfg.dir,
+        can_drop,
+        timeout: cfg.timeout,
+    };
+    let rows = scale::run_all(&senv, systems, &cfg.scale_sizes);
+    let _ = fs::remove_dir_all(&dirs.upper);
+    let _ = fs::remove_dir_all(&dirs.work);
+    scale::print(&rows);
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        println!("INTERRUPTED: partial results\n");
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    let j = format!(
+        "{{\n  \"config\": {{\"caches_dropped\": {can_drop}}},\n  \"scale\": {}\n}}\n",
+        scale::json(&rows)
+    );
     if let Some(parent) = cfg.json.parent() {
         let _ = fs::create_dir_all(parent);
     }

@@ -17,7 +17,7 @@ use crate::idmap::IdMap;
 use crate::ino::{self, InoMap};
 use crate::lower::LowerObj;
 use crate::names::Name;
-use crate::node::{Alias, Ident, Lowers, Node, NodeState};
+use crate::node::{Alias, Ident, Node, NodeState, Stack};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Table;
@@ -347,10 +347,10 @@ impl Plyfs {
 
     /// The lower directories merged below `node`, with lower opaque markers
     /// applied (done once per node, lazily for nodes made from listings).
-    pub fn dir_stack(&self, node: &Node) -> Result<Lowers> {
+    pub fn dir_stack(&self, node: &Node) -> Result<Stack> {
         let (stack, checked) = {
             let s = node.state.read();
-            (s.lowers.clone(), s.stack_checked)
+            (s.lowers.stack(), s.stack_checked)
         };
         if checked || stack.is_empty() {
             return Ok(stack);
@@ -375,13 +375,13 @@ impl Plyfs {
             let f = self.resolve_found(&parent, &name)?;
             trimmed = f.lowers;
         }
-        let trimmed: Lowers = trimmed.into();
+        let trimmed: Stack = trimmed.into();
         let mut s = node.state.write();
         if !s.stack_checked {
-            s.lowers = trimmed.clone();
+            s.lowers = trimmed.clone().into();
             s.stack_checked = true;
         }
-        Ok(s.lowers.clone())
+        Ok(s.lowers.stack())
     }
 
     /// Where a directory's lower content lives, as an absolute path in the
@@ -395,13 +395,8 @@ impl Plyfs {
         let mut base: Vec<u8> = Vec::new();
         let mut cur = node.clone();
         while cur.ino != ino::ROOT {
-            let (redirect, alias) = {
-                let s = cur.state.read();
-                (
-                    s.redirect.clone(),
-                    s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
-                )
-            };
+            let redirect = cur.redirect();
+            let alias = cur.primary_alias().ok_or(Errno::ENOENT)?;
             if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
                 base = r.to_vec();
                 break;
@@ -423,7 +418,7 @@ impl Plyfs {
     pub fn real_stat(&self, node: &Arc<Node>) -> Result<Stat> {
         let (has_upper, top_lower) = {
             let s = node.state.read();
-            (s.upper.is_some(), s.lowers.first().cloned())
+            (s.upper.is_some(), s.lowers.top(node.kind))
         };
         if has_upper {
             if node.is_dir() {

@@ -160,7 +160,7 @@ impl Plyfs {
         for dir in self.table.dirs() {
             let merges = {
                 let s = dir.state.read();
-                s.lowers.iter().any(|l| (l.dev, l.ino) == want)
+                s.lowers.stack().iter().any(|l| (l.dev, l.ino) == want)
             };
             if merges && let Some(d) = self.table.hold(dir.ino) {
                 return Ok(Some(d));

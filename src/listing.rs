@@ -119,7 +119,7 @@ pub struct Listing {
     /// The directory node's version when the listing was made.
     pub version: u64,
     /// The lower stack the listing was made from.
-    pub stack: crate::node::Lowers,
+    pub stack: crate::node::Stack,
 }
 
 enum Seen {

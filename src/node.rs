@@ -119,16 +119,15 @@ impl IntoIterator for Aliases {
     }
 }
 
-/// The lower objects of a node: a directory's stack (top first), or the
-/// one lower object a non-directory came from, held without a slice of its
-/// own.
+/// A directory's lower directories, top first. One is held without a
+/// slice of its own; the empty stack is shared.
 #[derive(Clone)]
-pub struct Lowers(LowerRepr);
+pub struct Stack(StackRepr);
 
 #[derive(Clone)]
-enum LowerRepr {
+enum StackRepr {
     One(Arc<LowerObj>),
-    Stack(Arc<[Arc<LowerObj>]>),
+    Many(Arc<[Arc<LowerObj>]>),
 }
 
 /// The empty stack, shared so that nodes without lower objects (everything
@@ -136,38 +135,138 @@ enum LowerRepr {
 static NO_LOWERS: std::sync::LazyLock<Arc<[Arc<LowerObj>]>> =
     std::sync::LazyLock::new(|| Arc::from(Vec::new()));
 
+impl Default for Stack {
+    fn default() -> Self {
+        Stack(StackRepr::Many(NO_LOWERS.clone()))
+    }
+}
+
+impl From<Vec<Arc<LowerObj>>> for Stack {
+    fn from(mut v: Vec<Arc<LowerObj>>) -> Stack {
+        match v.len() {
+            0 => Stack::default(),
+            1 => match v.pop() {
+                Some(l) => Stack(StackRepr::One(l)),
+                None => Stack::default(),
+            },
+            _ => Stack(StackRepr::Many(v.into())),
+        }
+    }
+}
+
+impl std::ops::Deref for Stack {
+    type Target = [Arc<LowerObj>];
+    fn deref(&self) -> &[Arc<LowerObj>] {
+        match &self.0 {
+            StackRepr::One(l) => std::slice::from_ref(l),
+            StackRepr::Many(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The lower object of a non-directory, kept inline in its node: most
+/// nodes of a walk are lower files, and a [`LowerObj`] of their own would
+/// cost them an allocation. Made into one when used (see [`Lowers::top`]).
+#[derive(Clone)]
+struct LowerEntry {
+    parent: Arc<LowerObj>,
+    name: NameBuf,
+    dev: u64,
+    ino: u64,
+}
+
+/// The lower objects of a node: a directory's stack, or the one lower
+/// object a non-directory came from (its origin), if any.
+#[derive(Clone)]
+pub struct Lowers(LowersRepr);
+
+#[derive(Clone)]
+enum LowersRepr {
+    Entry(LowerEntry),
+    Stack(Stack),
+}
+
 impl Default for Lowers {
     fn default() -> Self {
-        Lowers(LowerRepr::Stack(NO_LOWERS.clone()))
+        Lowers(LowersRepr::Stack(Stack::default()))
+    }
+}
+
+impl From<Stack> for Lowers {
+    fn from(s: Stack) -> Lowers {
+        Lowers(LowersRepr::Stack(s))
     }
 }
 
 impl From<Vec<Arc<LowerObj>>> for Lowers {
-    fn from(mut v: Vec<Arc<LowerObj>>) -> Lowers {
-        match v.len() {
-            0 => Lowers::default(),
-            1 => match v.pop() {
-                Some(l) => Lowers(LowerRepr::One(l)),
-                None => Lowers::default(),
-            },
-            _ => Lowers(LowerRepr::Stack(v.into())),
+    fn from(v: Vec<Arc<LowerObj>>) -> Lowers {
+        if let [l] = v.as_slice()
+            && !l.is_dir()
+            && let Some(parent) = &l.parent
+        {
+            return Lowers(LowersRepr::Entry(LowerEntry {
+                parent: parent.clone(),
+                name: l.name.clone(),
+                dev: l.dev,
+                ino: l.ino,
+            }));
         }
+        Lowers(LowersRepr::Stack(v.into()))
     }
 }
 
-impl std::ops::Deref for Lowers {
-    type Target = [Arc<LowerObj>];
-    fn deref(&self) -> &[Arc<LowerObj>] {
+impl Lowers {
+    /// The directory stack (empty for a non-directory).
+    pub fn stack(&self) -> Stack {
         match &self.0 {
-            LowerRepr::One(l) => std::slice::from_ref(l),
-            LowerRepr::Stack(s) => s,
+            LowersRepr::Entry(_) => Stack::default(),
+            LowersRepr::Stack(s) => s.clone(),
         }
+    }
+
+    /// The top lower object; `kind` is its node's (a non-directory's lower
+    /// object has its node's type).
+    pub fn top(&self, kind: u32) -> Option<Arc<LowerObj>> {
+        match &self.0 {
+            LowersRepr::Entry(e) => Some(Arc::new(LowerObj::child(
+                &e.parent, &e.name, e.dev, e.ino, kind,
+            ))),
+            LowersRepr::Stack(s) => s.first().cloned(),
+        }
+    }
+
+    /// Identity of the top lower object.
+    pub fn top_ident(&self) -> Option<Ident> {
+        match &self.0 {
+            LowersRepr::Entry(e) => Some((e.dev, e.ino)),
+            LowersRepr::Stack(s) => s.first().map(|l| (l.dev, l.ino)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            LowersRepr::Entry(_) => 1,
+            LowersRepr::Stack(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 impl std::fmt::Debug for Lowers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
+        match &self.0 {
+            LowersRepr::Entry(e) => write!(f, "[{:?} in {:?}, ino {}]", e.name, e.parent, e.ino),
+            LowersRepr::Stack(s) => s.fmt(f),
+        }
     }
 }
 
@@ -181,9 +280,6 @@ pub struct NodeState {
     /// first. Non-directories: the lower object the node came from (its
     /// origin), if any.
     pub lowers: Lowers,
-    /// `overlay.redirect` of the upper directory: where its lower content
-    /// lives (a name in the parent's lower directories, or `/a/b`).
-    pub redirect: Option<Box<[u8]>>,
     /// Directories whose stack came from a listing still need their lower
     /// opaque markers applied before the stack is used.
     pub stack_checked: bool,
@@ -214,6 +310,9 @@ pub struct NodeSide {
     pub pin: Mutex<Option<Arc<OwnedFd>>>,
     /// How the open handles of a regular file do I/O (see `tuning`).
     pub io: Mutex<crate::tuning::NodeIo>,
+    /// `overlay.redirect` of the upper directory: where its lower content
+    /// lives (a name in the parent's lower directories, or `/a/b`).
+    redirect: Mutex<Option<Box<[u8]>>>,
 }
 
 pub struct Node {
@@ -285,6 +384,17 @@ impl Node {
             .map_or(0, |s| s.version.load(Ordering::Relaxed))
     }
 
+    /// `overlay.redirect` of the upper directory, if any.
+    pub fn redirect(&self) -> Option<Box<[u8]>> {
+        self.side_if_any()?.redirect.lock().clone()
+    }
+
+    pub fn set_redirect(&self, r: Option<Box<[u8]>>) {
+        if r.is_some() || self.side_if_any().is_some() {
+            *self.side().redirect.lock() = r;
+        }
+    }
+
     /// The pinned real object of a node whose names are all gone.
     pub fn pin(&self) -> Option<Arc<OwnedFd>> {
         self.side_if_any()?.pin.lock().clone()
@@ -300,8 +410,7 @@ impl Node {
         self.state
             .read()
             .lowers
-            .first()
-            .cloned()
+            .top(self.kind)
             .ok_or(crate::sys::Errno::EIO)
     }
 
@@ -313,7 +422,7 @@ impl Node {
     /// top lower object.
     pub fn real_ident(&self) -> Option<Ident> {
         let s = self.state.read();
-        s.upper.or_else(|| s.lowers.first().map(|l| (l.dev, l.ino)))
+        s.upper.or_else(|| s.lowers.top_ident())
     }
 
     pub fn primary_alias(&self) -> Option<Alias> {
@@ -379,9 +488,11 @@ mod tests {
         // One node per cached entry: these sizes are the daemon's memory
         // per entry of a large walk (see benches/overlay.rs, `scale`).
         assert_eq!(std::mem::size_of::<Aliases>(), 24);
-        assert_eq!(std::mem::size_of::<Lowers>(), 16);
+        assert_eq!(std::mem::size_of::<Stack>(), 16);
+        assert_eq!(std::mem::size_of::<Lowers>(), 40);
+        // 152 bytes with the reference counts: a 160-byte malloc chunk.
         assert!(
-            std::mem::size_of::<Node>() <= 128,
+            std::mem::size_of::<Node>() <= 136,
             "{}",
             std::mem::size_of::<Node>()
         );

@@ -122,9 +122,15 @@ impl Found {
             opaque: self.opaque,
             impure: self.impure,
             xattr_whiteouts: self.xattr_whiteouts,
-            redirect: self.redirect.clone(),
             unlinked: false,
         }
+    }
+
+    /// A node standing for this object, known as `alias`.
+    pub fn node(&self, ino: u64, alias: Alias) -> Node {
+        let node = Node::new(ino, self.kind, self.node_state(alias));
+        node.set_redirect(self.redirect.clone());
+        node
     }
 
     /// An object that exists only in the upper layer.
@@ -512,26 +518,22 @@ impl Plyfs {
                 match (s.upper, f.upper) {
                     (Some(a), Some(b)) => a == b,
                     (None, None) => {
-                        s.lowers.first().map(|l| (l.dev, l.ino))
-                            == f.lowers.first().map(|l| (l.dev, l.ino))
+                        s.lowers.top_ident() == f.lowers.first().map(|l| (l.dev, l.ino))
                     }
                     // A name still showing the lower object of a node that
                     // was copied up through another hard link.
                     (Some(_), None) => {
                         sibling = !n.is_dir()
-                            && s.lowers.first().map(|l| (l.dev, l.ino))
-                                == f.lowers.first().map(|l| (l.dev, l.ino));
+                            && s.lowers.top_ident() == f.lowers.first().map(|l| (l.dev, l.ino));
                         sibling
                     }
                     // The upper copy of this very node, found before the
                     // copy-up that made it recorded it (or after a remount
                     // by another mount): its origin is the node's lower object.
-                    (None, Some(_)) => {
-                        origin.is_some() && s.lowers.first().map(|l| (l.dev, l.ino)) == origin
-                    }
+                    (None, Some(_)) => origin.is_some() && s.lowers.top_ident() == origin,
                 }
             },
-            || Node::new(ino, f.kind, f.node_state(alias.clone())),
+            || f.node(ino, alias.clone()),
         );
         node.add_alias(alias);
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {

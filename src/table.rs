@@ -266,15 +266,18 @@ impl Table {
 
     /// When the kernel has forgotten most of a large tree (memory pressure,
     /// drop_caches), hands the freed heap back to the system: the allocator
-    /// would otherwise keep the peak.
+    /// would otherwise keep the peak. Each halving of the table trims, down
+    /// to small tables: the nodes forgotten last (directories, whose
+    /// children went first) are spread over the whole heap, and each keeps
+    /// a page resident until it goes too.
     fn maybe_release_memory(&self) {
-        const EVERY: usize = 4096;
+        const EVERY: usize = 256;
         if self.forgets.fetch_add(1, Ordering::Relaxed) % EVERY != EVERY - 1 {
             return;
         }
         let len = self.live.load(Ordering::Relaxed);
         let peak = self.peak.load(Ordering::Relaxed);
-        if peak >= 2 * EVERY && len < peak / 2 {
+        if peak >= 4 * EVERY && len < peak / 2 {
             self.peak.store(len, Ordering::Relaxed);
             crate::sys::process::malloc_trim();
         }

@@ -140,7 +140,7 @@ impl Plyfs {
             parent: parent.ino,
             name: name.as_bytes().into(),
         };
-        let probe = Arc::new(Node::new(0, libc::S_IFDIR, f.node_state(alias)));
+        let probe = Arc::new(f.node(0, alias));
         Ok(self.build_listing(&probe)?.entries.is_empty())
     }
 }

@@ -289,7 +289,7 @@ impl Plyfs {
         if dir.state.read().lowers.is_empty() {
             return Ok(());
         }
-        let existing = dir.state.read().redirect.clone();
+        let existing = dir.redirect();
         let value: Vec<u8> = match existing {
             Some(r) if same_parent || r.first() == Some(&b'/') => r.to_vec(),
             None if same_parent => name.as_bytes().to_vec(),
@@ -300,7 +300,7 @@ impl Plyfs {
         }
         let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
         sys::xattr::set_at(pfd.as_fd(), name.as_cstr(), &attr, &value, 0)?;
-        dir.state.write().redirect = Some(value.into());
+        dir.set_redirect(Some(value.into()));
         self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
