@@ -5,7 +5,8 @@
 //!
 //!   --list               list the workloads and exit
 //!   --only W1,W2         run only these workloads (names from --list)
-//!   --systems S1,S2      plyfs, kernel, fuse-overlayfs (default: all available)
+//!   --systems S1,S2      plyfs, kernel, fuse-overlayfs (default: all available);
+//!                        also plyfs-uring / plyfs-devfuse: plyfs with uring=on / off
 //!   --reps N             repetitions per workload and system (default 3; 1 with --quick)
 //!   --quick              small tree (/usr/include only, 256 MiB big file, fewer files)
 //!   --dir PATH           where the layer tree is cached (default /var/tmp/plyfs-bench)
@@ -27,7 +28,8 @@
 //!   rewritten files, new files, kernel 0/0 whiteouts over files and a
 //!   directory, an opaque directory; `top` = a few more of each. The tree is
 //!   reused until `--rebuild` or until it is missing/incomplete.
-//! * For every workload, repetition and system (interleaved: A1 B1 C1 A2 ...)
+//! * For every workload, repetition and system (interleaved, every other
+//!   repetition in reverse: A1 B1 C1 C2 B2 A2 A3 ...)
 //!   it mounts the same lowers with a fresh upper/work, drops the page, dentry
 //!   and inode caches (`sync; echo 3 > /proc/sys/vm/drop_caches`; root only)
 //!   unless the workload is a warm one (then it runs once untimed first),
@@ -79,6 +81,9 @@ enum System {
     Kernel,
     Plyfs,
     FuseOverlayfs,
+    /// plyfs with `uring=on` (needs enable_uring=Y) / `uring=off`.
+    PlyfsUring,
+    PlyfsDevFuse,
 }
 
 impl System {
@@ -87,6 +92,8 @@ impl System {
             System::Kernel => "kernel",
             System::Plyfs => "plyfs",
             System::FuseOverlayfs => "fuse-overlayfs",
+            System::PlyfsUring => "plyfs-uring",
+            System::PlyfsDevFuse => "plyfs-devfuse",
         }
     }
 
@@ -95,6 +102,8 @@ impl System {
             "kernel" | "overlay" | "overlayfs" => Some(System::Kernel),
             "plyfs" => Some(System::Plyfs),
             "fuse-overlayfs" | "fuse" => Some(System::FuseOverlayfs),
+            "plyfs-uring" => Some(System::PlyfsUring),
+            "plyfs-devfuse" => Some(System::PlyfsDevFuse),
             _ => None,
         }
     }
@@ -268,7 +277,7 @@ fn cstr(p: &Path) -> CString {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= GIB && bytes % GIB == 0 {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{} GiB", bytes / GIB)
     } else {
         format!("{} MiB", bytes / MIB)
@@ -335,15 +344,15 @@ fn unescape_mount(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() {
-            if let Some(v) = std::str::from_utf8(&s[i + 1..i + 4])
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && let Some(v) = std::str::from_utf8(&s[i + 1..i + 4])
                 .ok()
                 .and_then(|o| u8::from_str_radix(o, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(s[i]);
         i += 1;
@@ -1313,7 +1322,12 @@ fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounte
     if is_mounted(&dirs.mnt) {
         umount(&dirs.mnt, libc::MNT_DETACH);
     }
-    let opts = dirs.options(tree);
+    let mut opts = dirs.options(tree);
+    match sys {
+        System::PlyfsUring => opts.push_str(",uring=on"),
+        System::PlyfsDevFuse => opts.push_str(",uring=off"),
+        _ => {}
+    }
     if sys == System::Kernel {
         let out = Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
@@ -1330,10 +1344,10 @@ fn mount(sys: System, tree: &Tree, dirs: &RunDirs, bins: &Bins) -> Result<Mounte
             mnt: dirs.mnt.clone(),
         });
     }
-    let bin = if sys == System::Plyfs {
-        &bins.plyfs
-    } else {
+    let bin = if sys == System::FuseOverlayfs {
         &bins.fuse_overlayfs
+    } else {
+        &bins.plyfs
     };
     let log = dirs.logs.join(format!("{}.log", sys.name()));
     let logf = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -1993,13 +2007,19 @@ fn real_main(
         .unwrap_or_else(|| vec![System::Kernel, System::Plyfs, System::FuseOverlayfs]);
     let explicit = cfg.systems.is_some();
     let mut sys_versions: Vec<(System, String)> = Vec::new();
-    for s in [System::Kernel, System::Plyfs, System::FuseOverlayfs] {
+    for s in [
+        System::Kernel,
+        System::Plyfs,
+        System::FuseOverlayfs,
+        System::PlyfsDevFuse,
+        System::PlyfsUring,
+    ] {
         if !wanted.contains(&s) {
             continue;
         }
         let (ok, why, version) = match s {
             System::Kernel => (root, "kernel overlayfs needs root", kernel.clone()),
-            System::Plyfs => (
+            System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse => (
                 bins.plyfs.exists(),
                 "plyfs binary not found (set PLYFS_BIN or cargo build --release)",
                 plyfs_version.clone().unwrap_or_default(),
@@ -2099,7 +2119,15 @@ fn real_main(
             })
             .collect();
         for rep in 1..=cfg.reps {
-            for (i, &sys) in systems.iter().enumerate() {
+            // Every other repetition in reverse order (A1 B1 B2 A2 A3 ...):
+            // effects that alternate from one run to the next (the upper's
+            // freed blocks on this VM disk alternate fast and slow copy-ups)
+            // would otherwise always hit the same system.
+            let mut order: Vec<(usize, System)> = systems.iter().copied().enumerate().collect();
+            if rep % 2 == 0 {
+                order.reverse();
+            }
+            for (i, sys) in order {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     cells.push(row);
                     break 'outer;

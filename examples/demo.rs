@@ -6,6 +6,7 @@
 //! Needs /dev/fuse (root, or fusermount3 with a 0666 /dev/fuse).
 
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -68,10 +69,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(base.join("etc/os-release"), "NAME=base\n")?;
     fs::write(base.join("etc/motd"), "hello from the base layer\n")?;
     fs::write(base.join("etc/obsolete.conf"), "old setting\n")?;
-    // An application layer on top: overrides a file, deletes one the OCI way.
+    // An application layer on top: overrides a file and deletes one with a
+    // kernel whiteout (a 0/0 character device), the format kernel overlayfs
+    // reads too. Where mknod is refused, the OCI form `.wh.NAME`, which
+    // plyfs reads as well (kernel overlayfs does not).
     fs::create_dir_all(app.join("etc"))?;
     fs::write(app.join("etc/os-release"), "NAME=app\n")?;
-    fs::write(app.join("etc/.wh.obsolete.conf"), "")?;
+    let etc = fs::File::open(app.join("etc"))?;
+    let kernel_format = plyfs::whiteout::make_whiteout(etc.as_fd(), c"obsolete.conf").is_ok();
+    if !kernel_format {
+        fs::write(app.join("etc/.wh.obsolete.conf"), "")?;
+    }
     fs::create_dir_all(app.join("srv"))?;
     fs::write(app.join("srv/index.html"), "<h1>app</h1>\n")?;
 
@@ -99,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let session = spawn(&req)?;
     println!("\nmounted at {}", mnt.display());
     show_tree(
-        "merged view (app wins, obsolete.conf is deleted by .wh.)",
+        "merged view (app wins, obsolete.conf is deleted by the whiteout)",
         &mnt,
     );
 
@@ -117,9 +125,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         fs::read_to_string(base.join("etc/motd"))?.trim_end()
     );
 
+    let mut plyfs_view = Vec::new();
+    collect(&mnt, &mnt, &mut plyfs_view);
+    plyfs_view.sort();
     drop(session);
-    println!(
-        "\nunmounted; the upper layer keeps kernel-overlayfs format, so `mount -t overlay` shows the same tree."
+    println!("\nunmounted; the layers are in kernel-overlayfs format:");
+    check_with_kernel(
+        &[&app, &base],
+        &upper,
+        &work,
+        &mnt,
+        kernel_format,
+        &plyfs_view,
+    )
+}
+
+/// Mounts the same directories with kernel overlayfs (as root) and checks
+/// that it shows exactly what plyfs showed.
+fn check_with_kernel(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    mnt: &Path,
+    kernel_format: bool,
+    plyfs_view: &[String],
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !kernel_format || plyfs::sys::process::geteuid() != 0 {
+        println!("  (checking with `mount -t overlay` needs root and a kernel-format lower layer)");
+        return Ok(());
+    }
+    let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
     );
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(mnt)
+        .status()?;
+    if !st.success() {
+        return Err("mount -t overlay failed".into());
+    }
+    let mut kernel_view = Vec::new();
+    collect(mnt, mnt, &mut kernel_view);
+    kernel_view.sort();
+    let _ = std::process::Command::new("umount").arg(mnt).status();
+    if kernel_view != plyfs_view {
+        return Err(
+            format!("kernel overlayfs shows {kernel_view:?}, plyfs showed {plyfs_view:?}").into(),
+        );
+    }
+    println!("  `mount -t overlay` of the same directories shows the same tree (checked).");
     Ok(())
 }

@@ -14,21 +14,32 @@ use crate::options::MountOptions;
 
 const AFTER_HELP: &str = "\
 Mount options (-o, comma separated):
-  lowerdir=A:B:C      read-only layers, leftmost on top (\\: escapes a colon)
+  lowerdir=A:B:C      read-only layers, leftmost on top (\\: escapes a colon, \\, a comma)
   upperdir=DIR        writable layer (needs workdir); without it the mount is read-only
-  workdir=DIR         empty directory on the upper's filesystem, for staging
-  volatile, fsync=0   never fsync (for throwaway containers)
+  workdir=DIR         directory on the upper's mount, for staging (work/ inside it)
+  volatile, fsync=0   never fsync (for throwaway containers); leaves work/incompat/volatile,
+                      which (as for the kernel) later mounts refuse until it is removed
   userxattr           write user.overlay.* markers instead of trusted.overlay.*
+  redirect_dir=on|copy|follow|off|nofollow   renaming a directory with lower content:
+                      record overlay.redirect (on), copy the tree up (copy), EXDEV (follow/off),
+                      and with nofollow also ignore existing redirects
   uidmapping=C:H:S[:C:H:S...], gidmapping=...   ids C+i in the layers show as H+i
                       (as fuse-overlayfs; a user namespace mapping C->H then sees C+i)
   xattr_permissions=0|1|2   keep owner/mode in user.fuseoverlayfs/containers.override_stat
   squash_to_root, squash_to_uid=N, squash_to_gid=N   show every file as owned by N
   static_nlink        report directory link counts as 1
   noacl               disable POSIX ACLs
-  xino=off|auto|on, ino32_t   inode number layout
-  timeout=SECONDS     kernel cache timeout for names and attributes
+  xino=off|auto|on    layers on several filesystems: filesystem index in the top bits of
+                      inode numbers (auto, on), or per-mount numbers for other filesystems (off)
+  ino32_t             keep inode numbers below 2^32
+  timeout=SECONDS     kernel cache timeout for names and attributes (default 86400)
   threads=N           worker threads (default: one per CPU)
-  passthrough=on|off, writeback=on|off   I/O modes (default: automatic)
+  passthrough=on|all|off   kernel passthrough (root): upper files (on, default), also lower
+                      files opened read-only (all), or none (off)
+  writeback=on|off    kernel writeback cache when not passing through (default on)
+  uring=auto|on|off   FUSE over io_uring (Linux 6.14+, enable_uring=Y): auto uses
+                      it when the kernel offers it, on fails the mount otherwise
+                      (default: $PLYFS_URING, else auto)
   allow_other, allow_root, default_permissions, auto_unmount, fsname=, subtype=
   ro, nodev, nosuid, noexec, noatime, sync, dirsync
 Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..., private, ...
@@ -36,6 +47,7 @@ Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..
 Examples:
   plyfs -o lowerdir=/img/top:/img/base,upperdir=/c/diff,workdir=/c/work /c/merged
   mount -t fuse.plyfs overlay /c/merged -o lowerdir=...,upperdir=...,workdir=...
+  plyfs --version     the FUSE protocol and what this kernel offers (passthrough, io_uring)
 ";
 
 /// Mount options, examples, then the subcommands.
@@ -79,8 +91,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
 
-    /// [SOURCE] MOUNTPOINT
-    #[arg(value_name = "[SOURCE] MOUNTPOINT", num_args = 1..=2, required = true)]
+    #[arg(
+        value_name = "[SOURCE] MOUNTPOINT",
+        num_args = 1..=2,
+        required = true,
+        help = "[SOURCE] MOUNTPOINT"
+    )]
     pub paths: Vec<OsString>,
 }
 
@@ -135,6 +151,9 @@ impl Cli {
         }
         if self.single_threaded {
             o.threads = Some(1);
+        }
+        if o.uring.is_none() {
+            o.uring = crate::options::Uring::from_env()?;
         }
         let (source, mountpoint) = match self.paths.as_slice() {
             [m] => (None, m.clone()),

@@ -88,9 +88,11 @@ fn wait_for_child(rd: OwnedFd, pid: libc::pid_t) -> i32 {
     if msg == b"ok" {
         return 0;
     }
+    // The mount failed: wait until the child is gone (it still undoes what
+    // it prepared), so that nothing of it outlives this command.
+    let code = sys::process::waitpid(pid).unwrap_or(1);
     let text = String::from_utf8_lossy(&msg);
     if text.is_empty() {
-        let code = sys::process::waitpid(pid).unwrap_or(1);
         eprintln!("plyfs: the mount process exited (status {code}) before the mount was ready");
     } else {
         eprintln!("plyfs: {text}");
@@ -172,6 +174,7 @@ fn mount_config(o: &MountOptions, source: &Option<String>, read_only: bool) -> f
             .unwrap_or(2)
     }));
     cfg.clone_fd = true;
+    crate::tuning::ring_threads(&mut cfg);
     cfg
 }
 
@@ -216,7 +219,18 @@ fn mount(
     config: &fuser::Config,
 ) -> Result<fuser::Session<FuseFs>, String> {
     match fuser::Session::new(FuseFs { fs: fs.clone() }, mountpoint, config) {
-        Ok(s) => {
+        Ok(mut s) => {
+            if let Err(msg) = crate::tuning::check_transport(fs, &s) {
+                // A request may already wait in the mount: fuser detaches
+                // it lazily then, and the session's end fails the request.
+                if let Err(e) = s.unmount() {
+                    log::warn!("cannot unmount the abandoned mount: {e}");
+                }
+                if let Some(u) = &fs.upper {
+                    u.work.undo_prepare();
+                }
+                return Err(msg);
+            }
             let notifier = s.notifier();
             fs.kernel.connect(Box::new(move |ino| {
                 // ENOENT: the kernel no longer knows the node; fine.
@@ -226,6 +240,11 @@ fn mount(
                     log::debug!("cannot invalidate the attributes of {ino}: {e}");
                 }
             }));
+            if let Some(u) = &fs.upper
+                && let Err(e) = u.work.clean_leftovers()
+            {
+                log::warn!("cannot clear the work directory of an earlier mount: {e:?}");
+            }
             if let Some(u) = fs.upper.as_ref().filter(|_| fs.cfg.volatile)
                 && let Err(e) = crate::workdir::mark_volatile(&u.work)
             {
@@ -259,6 +278,7 @@ fn serve(
         }
     };
     let config = mount_config(&req.options, &req.source, fs.read_only());
+    fs.io.set_uring(req.options.uring.unwrap_or_default());
     let mut session = match mount(&fs, &req.mountpoint, &config) {
         Ok(s) => s,
         Err(msg) => {
@@ -318,6 +338,7 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     crate::fdcache::set_budget_from_limit(limit);
     let fs = Arc::new(crate::setup::build(&req.options, checked)?);
     let config = mount_config(&req.options, &req.source, fs.read_only());
+    fs.io.set_uring(req.options.uring.unwrap_or_default());
     let session = mount(&fs, &req.mountpoint, &config)?;
     session
         .spawn()

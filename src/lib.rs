@@ -8,6 +8,9 @@
 //! merged view, `copyup` and `workdir` for writes, and `ops/` for each group
 //! of operations. `fuse` is the thin glue to the kernel; `daemon` mounts.
 
+// All unsafe code lives in `sys`, each block with a SAFETY comment.
+#![deny(unsafe_code)]
+
 pub mod attr;
 pub mod cli;
 pub mod cmd;
@@ -37,8 +40,10 @@ pub mod resolve;
 pub mod rmtree;
 pub mod setup;
 pub mod stats;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
 pub mod tuning;
+pub mod version;
 pub mod whiteout;
 pub mod workdir;

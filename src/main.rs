@@ -9,6 +9,10 @@ fn main() {
     if plyfs::cmd::is_subcommand(&args) {
         std::process::exit(plyfs::cmd::main(args));
     }
+    if args.len() == 2 && matches!(args[1].to_str(), Some("--version" | "-V")) {
+        print!("{}", plyfs::version::text());
+        return;
+    }
     let cli = match plyfs::cli::Cli::try_parse_from(args) {
         Ok(c) => c,
         // --help and --version print and succeed.

@@ -41,6 +41,42 @@ pub enum Passthrough {
     All,
 }
 
+/// `uring=`: whether FUSE requests travel over io_uring (Linux 6.14+ with
+/// `/sys/module/fuse/parameters/enable_uring` set) instead of /dev/fuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Uring {
+    /// Use it when the kernel offers it, else /dev/fuse.
+    #[default]
+    Auto,
+    /// Fail the mount when it cannot be used.
+    On,
+    Off,
+}
+
+impl Uring {
+    pub fn parse(key: &str, v: &[u8]) -> Result<Uring, String> {
+        match v {
+            b"auto" => Ok(Uring::Auto),
+            b"on" => Ok(Uring::On),
+            b"off" => Ok(Uring::Off),
+            other => Err(format!(
+                "option {key}: expected auto, on or off, got {:?}",
+                String::from_utf8_lossy(other)
+            )),
+        }
+    }
+
+    /// The default when `uring=` is not given: `PLYFS_URING` from the
+    /// environment (lets an administrator or a test run switch transports
+    /// for mounts started by other programs, e.g. podman), else auto.
+    pub fn from_env() -> Result<Option<Uring>, String> {
+        match std::env::var_os("PLYFS_URING") {
+            Some(v) if !v.is_empty() => Uring::parse("PLYFS_URING", v.as_encoded_bytes()).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// `redirect_dir=`: what renaming a directory with lower content does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RedirectMode {
@@ -103,6 +139,8 @@ pub struct MountOptions {
     pub passthrough: Option<Passthrough>,
     /// `writeback=on|off` (kernel writeback cache when not passing through).
     pub writeback: Option<bool>,
+    /// `uring=auto|on|off` (None: `PLYFS_URING`, else auto).
+    pub uring: Option<Uring>,
     /// `redirect_dir=`; `None` picks by marker prefix (On for trusted.*,
     /// Copy for user.*).
     pub redirect: Option<RedirectMode>,
@@ -404,6 +442,7 @@ impl MountOptions {
                 })
             }
             "writeback" => self.writeback = Some(on_off(k, &need(value)?)?),
+            "uring" => self.uring = Some(Uring::parse(k, &need(value)?)?),
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
             }
@@ -538,6 +577,21 @@ mod tests {
         assert_eq!(o.xino, Xino::Off);
         assert_eq!(o.timeout, Some(2.5));
         assert!(parse("lowerdir=/a,xino=maybe").is_err());
+        assert_eq!(
+            parse("lowerdir=/a,uring=on").unwrap().uring,
+            Some(Uring::On)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,uring=off").unwrap().uring,
+            Some(Uring::Off)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,uring=auto").unwrap().uring,
+            Some(Uring::Auto)
+        );
+        assert_eq!(parse("lowerdir=/a").unwrap().uring, None);
+        assert!(parse("lowerdir=/a,uring=yes").is_err());
+        assert!(parse("lowerdir=/a,uring").is_err());
         assert!(parse("lowerdir=/a,timeout=-1").is_err());
     }
 

@@ -46,7 +46,7 @@ impl PlusPolicy {
             return true;
         }
         let n = self.listings.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % PROBE_EVERY != 0 {
+        if !n.is_multiple_of(PROBE_EVERY) {
             return false;
         }
         // A probe: if the previous probe saw no LOOKUP, walks stopped

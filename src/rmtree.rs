@@ -34,7 +34,7 @@ const REMOVE_DEPTH: usize = 64;
 
 /// Removes `name` in `dir`, recursively if it is a directory. Never follows
 /// symlinks: directories are opened with `O_NOFOLLOW` one level at a time.
-/// Iterative with an explicit stack; subtrees deeper than [`REMOVE_DEPTH`]
+/// Iterative with an explicit stack; subtrees deeper than `REMOVE_DEPTH`
 /// are renamed into `dir` under a fresh name and removed as trees of their
 /// own, so neither the stack nor the open descriptors grow with depth.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> Result<(), Errno> {

@@ -1417,3 +1417,75 @@ fn unprivileged_allow_other_is_refused_clearly() {
     assert!(!line.contains("/dev/fuse ("), "blames /dev/fuse: {line:?}");
     assert!(!l.work.join("work").exists(), "work/work created");
 }
+
+/// Every option README's table lists is in `plyfs --help` too.
+#[test]
+fn help_lists_every_option_of_the_readme() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("### Options")
+        .nth(1)
+        .expect("README has an options table");
+    let out = run(plyfs(["--help"]));
+    let help = out.stdout;
+    let mut checked = 0;
+    for row in table.lines().skip_while(|l| !l.starts_with("| `")) {
+        if !row.starts_with('|') {
+            break;
+        }
+        let first = row.split('|').nth(1).unwrap_or("");
+        if row.contains("accepted and ignored") {
+            continue;
+        }
+        for tok in first.split('`').skip(1).step_by(2) {
+            let key = tok.split('=').next().unwrap_or(tok);
+            assert!(
+                help.contains(key),
+                "README lists option {tok:?}, plyfs --help does not mention {key:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} options found in README");
+}
+
+/// `plyfs man` and `plyfs completions` come from the clap definitions: the
+/// page names every mount option of --help and every subcommand.
+#[test]
+fn man_page_and_completions() {
+    let man = run(plyfs(["man"]));
+    assert_eq!(man.code(), Some(0), "{}", man.stderr);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH plyfs 1"),
+        "{}",
+        man.stdout
+    );
+    for word in [
+        "lowerdir=",
+        "redirect_dir=",
+        "passthrough=",
+        "plyfs\\-diff(1)",
+        "plyfs\\-apply(1)",
+    ] {
+        assert!(man.stdout.contains(word), "man page lacks {word:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(plyfs([
+        OsStr::new("man"),
+        OsStr::new("--dir"),
+        dir.path().as_os_str(),
+    ]));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    for page in ["plyfs.1", "plyfs-diff.1", "plyfs-apply.1"] {
+        assert!(dir.path().join(page).exists(), "{page} not written");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let c = run(plyfs(["completions", shell]));
+        assert_eq!(c.code(), Some(0), "{shell}: {}", c.stderr);
+        assert!(
+            c.stdout.contains("diff") && c.stdout.contains("lower"),
+            "{shell}"
+        );
+    }
+}

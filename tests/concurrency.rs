@@ -362,10 +362,10 @@ fn same_name_recreate_vs_read() {
     let mut bad = Vec::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) && bad.len() < 10 {
-        if let Err(e) = std::fs::read(&p) {
-            if errno(&e) != libc::ENOENT {
-                bad.push(e.to_string());
-            }
+        if let Err(e) = std::fs::read(&p)
+            && errno(&e) != libc::ENOENT
+        {
+            bad.push(e.to_string());
         }
     }
     stop.store(true, Ordering::Relaxed);

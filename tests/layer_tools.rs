@@ -227,10 +227,10 @@ fn oci_merge(staging: &Path, base: &Path) {
             }
         }
         for n in &names {
-            if let Some(t) = n.strip_prefix(b".wh.") {
-                if t != b".wh..opq" {
-                    remove_any(&bpath(&bdir, t));
-                }
+            if let Some(t) = n.strip_prefix(b".wh.")
+                && t != b".wh..opq"
+            {
+                remove_any(&bpath(&bdir, t));
             }
         }
         for n in names.iter().filter(|n| !n.starts_with(b".wh.")) {
@@ -327,10 +327,10 @@ fn gen_lower(rng: &mut SmallRng, root: &Path) {
             7 => std::os::unix::fs::symlink("target/of/link", &p).unwrap(),
             8 => {
                 let (_, files) = paths(root);
-                if let Some(f) = pick(rng, &files) {
-                    if root.join(f).symlink_metadata().unwrap().is_file() {
-                        let _ = std::fs::hard_link(root.join(f), &p);
-                    }
+                if let Some(f) = pick(rng, &files)
+                    && root.join(f).symlink_metadata().unwrap().is_file()
+                {
+                    let _ = std::fs::hard_link(root.join(f), &p);
                 }
             }
             _ => {

@@ -153,7 +153,7 @@ fn walk_all(dir: &Path, count: &mut usize) {
         *count += 1;
         if md.is_dir() {
             walk_all(&p, count);
-        } else if *count % 10 == 0 {
+        } else if (*count).is_multiple_of(10) {
             assert_eq!(std::fs::read(&p).unwrap(), b"x");
         }
     }

@@ -3,7 +3,7 @@
 //! The mount syntax (`plyfs [-f] [-d] -o ... MNT`, `plyfs SOURCE MNT -o ...`)
 //! stays as it is: `main.rs` asks [`is_subcommand`] about the command line
 //! and only then hands it to this parser. To add a subcommand: a module
-//! here with its clap `Args` and `run`, a variant in [`Command`] and its
+//! here with its clap `Args` and `run`, a variant in `Command` and its
 //! arm in [`main`], and a row in [`TABLE`] (a test checks the two agree).
 
 use std::ffi::OsString;
@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 pub mod apply;
 pub mod diff;
+pub mod docs;
 
 /// One subcommand: its name and a one-line summary (for `plyfs --help`).
 pub struct Entry {
@@ -30,6 +31,14 @@ pub const TABLE: &[Entry] = &[
         name: "apply",
         about: "extract a layer tar into a directory, in kernel overlay (or OCI) format",
     },
+    Entry {
+        name: "man",
+        about: "print the manual page plyfs(1)",
+    },
+    Entry {
+        name: "completions",
+        about: "print shell completions (bash, zsh, fish, elvish, powershell)",
+    },
 ];
 
 #[derive(Parser, Debug)]
@@ -38,7 +47,7 @@ pub const TABLE: &[Entry] = &[
     version,
     about = "plyfs layer and maintenance commands"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -47,6 +56,8 @@ struct Cli {
 enum Command {
     Diff(diff::Args),
     Apply(apply::Args),
+    Man(docs::ManArgs),
+    Completions(docs::CompletionsArgs),
 }
 
 /// Whether the command line names a subcommand. A mount(8) call whose
@@ -103,6 +114,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let res = match cli.command {
         Command::Diff(a) => diff::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Man(a) => docs::man(a),
+        Command::Completions(a) => docs::completions(a),
     };
     match res {
         Ok(code) => code,

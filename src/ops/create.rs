@@ -138,6 +138,7 @@ impl Plyfs {
         // inode number before is stale (the upper filesystem reuses them).
         self.inos.unalias((st.dev, st.ino));
         let (node, attr) = self.remember(&parent, name, found)?;
+        crate::ops::fileattr::created(&node);
         Ok(Created { node, attr, fd })
     }
 

@@ -95,6 +95,12 @@ fn prot_of_protattr(v: &[u8]) -> u8 {
     p
 }
 
+/// A node for an object this mount just created: it has no protection
+/// flags (they are not inherited), so there is nothing to read later.
+pub fn created(node: &Node) {
+    node.prot.store(KNOWN, Ordering::Relaxed);
+}
+
 impl Plyfs {
     /// The real object of `node` opened for the flag ioctls (regular files
     /// and directories, like the kernel's FUSE module asks for).

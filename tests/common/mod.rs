@@ -188,14 +188,14 @@ fn unescape_mount(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() {
-            if let Ok(v) =
+        if s[i] == b'\\'
+            && i + 3 < s.len()
+            && let Ok(v) =
                 u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 4]).unwrap_or("x"), 8)
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
         out.push(s[i]);
         i += 1;
@@ -326,9 +326,16 @@ impl PlyfsMount {
 }
 
 impl Drop for PlyfsMount {
+    /// Unmounts, then fails the test if the daemon panicked at any point
+    /// (a panic on a request path is a bug even when the test's own checks
+    /// passed), unless the test is already failing.
     fn drop(&mut self) {
         self.stop();
+        let log = self.log();
         let _ = std::fs::remove_file(&self.stderr_path);
+        if log.contains("panicked") && !std::thread::panicking() {
+            panic!("plyfs panicked during the test:\n{log}");
+        }
     }
 }
 

@@ -131,15 +131,15 @@ impl Gen {
     /// A path for an operation on something that should usually exist.
     pub(crate) fn target(&mut self, m: &Model, pred: impl Fn(char) -> bool) -> String {
         let r: f64 = self.rng.r#gen();
-        if r < 0.6 {
-            if let Some(p) = self.existing(m, pred) {
-                return p;
-            }
+        if r < 0.6
+            && let Some(p) = self.existing(m, pred)
+        {
+            return p;
         }
-        if r < 0.75 {
-            if let Some(p) = self.existing(m, |_| true) {
-                return p;
-            }
+        if r < 0.75
+            && let Some(p) = self.existing(m, |_| true)
+        {
+            return p;
         }
         if r < 0.87 {
             self.ghost(m)
@@ -183,12 +183,12 @@ impl Gen {
     /// Mostly a name the path has (as seen on the kernel mount, which
     /// lookups do not change), else one from [`XATTR_NAMES`].
     pub(crate) fn xattr_name(&mut self, m: &Model, path: &str) -> String {
-        if self.chance(0.6) {
-            if let Outcome::Xattrs(x) = list_xattrs(&cpath(&m.kernel_root, path), true) {
-                let names: Vec<String> = x.into_iter().map(|(n, _)| n).collect();
-                if let Some(n) = self.pick(&names) {
-                    return n.clone();
-                }
+        if self.chance(0.6)
+            && let Outcome::Xattrs(x) = list_xattrs(&cpath(&m.kernel_root, path), true)
+        {
+            let names: Vec<String> = x.into_iter().map(|(n, _)| n).collect();
+            if let Some(n) = self.pick(&names) {
+                return n.clone();
             }
         }
         self.pick(XATTR_NAMES).expect("names").to_string()

@@ -43,6 +43,15 @@ pub use crate::ll::flags::ioctl_flags::IoctlFlags;
 pub use crate::ll::flags::poll_flags::PollFlags;
 pub use crate::ll::flags::write_flags::WriteFlags;
 pub use crate::ll::fuse_abi::consts;
+
+/// The FUSE protocol version this crate speaks (major, minor) (plyfs patch,
+/// for `plyfs --version`).
+pub fn protocol_version() -> (u32, u32) {
+    (
+        crate::ll::fuse_abi::FUSE_KERNEL_VERSION,
+        crate::ll::fuse_abi::FUSE_KERNEL_MINOR_VERSION,
+    )
+}
 pub use crate::ll::request::FileHandle;
 pub use crate::ll::request::INodeNo;
 pub use crate::ll::request::LockOwner;
@@ -79,6 +88,8 @@ use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
+#[cfg(target_os = "linux")]
+pub use crate::uring::UringStatus;
 
 mod access_flags;
 mod bsd_file_flags;
@@ -101,6 +112,9 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+/// FUSE over io_uring (plyfs patch).
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]

@@ -139,6 +139,12 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// FUSE over io_uring (plyfs patch): the queue threads, registered and
+    /// waiting for `run`.
+    #[cfg(target_os = "linux")]
+    uring: Option<crate::uring::Pool<FS>>,
+    #[cfg(target_os = "linux")]
+    uring_status: crate::uring::UringStatus,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +192,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            #[cfg(target_os = "linux")]
+            uring: None,
+            #[cfg(target_os = "linux")]
+            uring_status: crate::uring::UringStatus::NotRequested,
         };
 
         session.handshake()?;
@@ -214,6 +224,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            #[cfg(target_os = "linux")]
+            uring: None,
+            #[cfg(target_os = "linux")]
+            uring_status: crate::uring::UringStatus::NotRequested,
         };
 
         session.handshake()?;
@@ -252,6 +266,10 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            #[cfg(target_os = "linux")]
+            uring,
+            #[cfg(target_os = "linux")]
+                uring_status: _,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -289,6 +307,10 @@ impl<FS: Filesystem> Session<FS> {
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
+        // plyfs patch: every thread reports its end here, so that a failed
+        // io_uring queue ends the session instead of leaving its requests
+        // unanswered.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(String, io::Result<()>)>();
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -299,25 +321,49 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
+            let done = done_tx.clone();
             threads.push(
                 thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
+                    .name(thread_name.clone())
+                    .spawn(move || {
+                        let guard = DoneGuard::new(thread_name, done);
+                        let res = event_loop.event_loop();
+                        guard.finish(res);
+                    })?,
             );
         }
+        #[allow(unused_mut)]
+        let mut ring_threads = 0;
+        #[cfg(target_os = "linux")]
+        if let Some(pool) = uring {
+            ring_threads = pool.start(|| crate::uring::Start {
+                filesystem: filesystem.clone(),
+                allowed,
+                session_owner,
+                done: done_tx.clone(),
+            });
+        }
+        drop(done_tx);
 
         let mut reply: io::Result<()> = Ok(());
-        for thread in threads {
-            let res = match thread.join() {
-                Ok(res) => res,
-                Err(_) => {
-                    return Err(io::Error::other("event loop thread panicked"));
-                }
+        for _ in 0..threads.len() + ring_threads {
+            let Ok((name, res)) = done_rx.recv() else {
+                break;
             };
             if let Err(e) = res {
+                if name.starts_with("fuser-uring") {
+                    // Its CPU's requests would wait forever: end the
+                    // session (dropping the mount unmounts it).
+                    return Err(e);
+                }
                 if reply.is_ok() {
                     reply = Err(e);
                 }
+            }
+        }
+        for thread in threads {
+            if thread.join().is_err() {
+                return Err(io::Error::other("event loop thread panicked"));
             }
         }
 
@@ -428,6 +474,8 @@ impl<FS: Filesystem> Session<FS> {
                     .send_ll(&ResponseErrno(errno));
                 return Err(error);
             }
+            #[cfg(target_os = "linux")]
+            let mut uring = self.prepare_uring(&init.capabilities(), &mut config);
 
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
@@ -473,8 +521,66 @@ impl<FS: Filesystem> Session<FS> {
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
 
+            #[cfg(target_os = "linux")]
+            if let Some(mut pool) = uring.take() {
+                match pool.register() {
+                    Ok(()) => {
+                        self.uring_status = pool.status();
+                        self.uring = Some(pool);
+                    }
+                    Err(e) => {
+                        debug!("FUSE over io_uring: {e}; using /dev/fuse");
+                        self.uring_status = crate::uring::UringStatus::Failed(e);
+                    }
+                }
+            }
+            #[cfg(target_os = "linux")]
+            crate::uring::log_status(&self.uring_status);
+
             return Ok(());
         }
+    }
+
+    /// Sets up the io_uring queues when the filesystem asked for
+    /// `FUSE_OVER_IO_URING` and the kernel offers it; on failure takes the
+    /// flag back, so that the INIT reply keeps the connection on /dev/fuse.
+    #[cfg(target_os = "linux")]
+    fn prepare_uring(
+        &mut self,
+        offered: &InitFlags,
+        config: &mut KernelConfig,
+    ) -> Option<crate::uring::Pool<FS>> {
+        if !(config.requested.contains(InitFlags::FUSE_OVER_IO_URING)
+            && offered.contains(InitFlags::FUSE_OVER_IO_URING))
+        {
+            config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+            return None;
+        }
+        let page = page_size::get();
+        let payload = (config.max_write as usize)
+            .max(usize::from(config.max_pages()) * page)
+            .max(8192);
+        let params = crate::uring::Params {
+            threads_per_queue: self.config.uring_threads_per_queue.max(1),
+            depth: self.config.uring_queue_depth.max(1),
+            payload,
+        };
+        match crate::uring::Pool::prepare(&self.ch, params) {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                debug!("FUSE over io_uring: {e}; using /dev/fuse");
+                config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+                self.uring_status = crate::uring::UringStatus::Failed(e);
+                None
+            }
+        }
+    }
+
+    /// Whether requests are served over io_uring, and if not, why (plyfs
+    /// patch).
+    #[cfg(target_os = "linux")]
+    pub fn io_uring_status(&self) -> &crate::uring::UringStatus {
+        &self.uring_status
     }
 
     /// Unmount the filesystem
@@ -508,6 +614,32 @@ impl SessionUnmounter {
             mount.umount()?;
         }
         Ok(())
+    }
+}
+
+/// Where threads report their end (their name and result) to `Session::run`.
+pub(crate) type DoneSender = std::sync::mpsc::Sender<(String, io::Result<()>)>;
+
+/// Reports a thread's end to `Session::run`, also when it panics.
+pub(crate) struct DoneGuard(Option<(String, DoneSender)>);
+
+impl DoneGuard {
+    pub(crate) fn new(name: String, done: DoneSender) -> DoneGuard {
+        DoneGuard(Some((name, done)))
+    }
+
+    pub(crate) fn finish(mut self, res: io::Result<()>) {
+        if let Some((name, tx)) = self.0.take() {
+            let _ = tx.send((name, res));
+        }
+    }
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some((name, tx)) = self.0.take() {
+            let _ = tx.send((name, Err(io::Error::other("event loop thread panicked"))));
+        }
     }
 }
 

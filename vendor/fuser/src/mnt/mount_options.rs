@@ -18,6 +18,13 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// FUSE over io_uring (plyfs patch; used when the filesystem adds
+    /// `FUSE_OVER_IO_URING` in `init`): ring entries per queue thread
+    /// (0: 1).
+    pub uring_queue_depth: usize,
+    /// Threads serving each per-CPU io_uring queue, each with its own ring
+    /// (0: 1).
+    pub uring_threads_per_queue: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type
