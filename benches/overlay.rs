@@ -71,6 +71,7 @@ const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 const FUSE_SUPER_MAGIC: u64 = 0x6573_5546;
 
+#[path = "overlay/scale.rs"]
 mod scale;
 
 // ---------------------------------------------------------------------------

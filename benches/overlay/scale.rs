@@ -82,7 +82,10 @@ fn ensure_tree(bench_dir: &Path, files: usize) -> Result<ScaleTree, String> {
     if root.exists() {
         fs::remove_dir_all(&root).map_err(|e| format!("clean {}: {e}", root.display()))?;
     }
-    eprintln!("building scale tree {} ({entries} entries, once) ...", root.display());
+    eprintln!(
+        "building scale tree {} ({entries} entries, once) ...",
+        root.display()
+    );
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     fs::create_dir_all(&lower).map_err(|e| io(&lower, e))?;
     for d in 0..dirs {
@@ -141,14 +144,19 @@ fn mount(sys: System, lowerdir: &Path, env: &Env) -> Result<Mounted, String> {
     if is_mounted(&d.mnt) {
         umount(&d.mnt, libc::MNT_DETACH);
     }
-    let opts = format!(
+    let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowerdir.display(),
         d.upper.display(),
         d.work.display()
     );
+    match sys {
+        System::PlyfsUring => opts.push_str(",uring=on"),
+        System::PlyfsDevFuse => opts.push_str(",uring=off"),
+        _ => {}
+    }
     let bin = match sys {
-        System::Plyfs => &env.bins.plyfs,
+        System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse => &env.bins.plyfs,
         System::FuseOverlayfs => &env.bins.fuse_overlayfs,
         System::Kernel => return Err("no daemon to measure".into()),
     };
@@ -173,7 +181,11 @@ fn mount(sys: System, lowerdir: &Path, env: &Env) -> Result<Mounted, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(is_mounted(&d.mnt) && is_fuse(&d.mnt)) {
         if let Some(status) = m.daemon_exit() {
-            return Err(format!("{} exited ({status}): {}", sys.name(), m.log_tail()));
+            return Err(format!(
+                "{} exited ({status}): {}",
+                sys.name(),
+                m.log_tail()
+            ));
         }
         if Instant::now() > deadline {
             return Err(format!("{} did not mount within 30 s", sys.name()));
@@ -272,11 +284,22 @@ pub fn run_all(env: &Env, systems: &[System], sizes: &[usize]) -> Vec<Row> {
                         system.name(),
                         f.walk.hwm_kib as f64 / 1024.0,
                         f.held,
-                        if f.valid { "" } else { " (caches dropped meanwhile?)" }
+                        if f.valid {
+                            ""
+                        } else {
+                            " (caches dropped meanwhile?)"
+                        }
                     ),
-                    Err(e) => eprintln!("  scale        {} {} FAILED: {e}", tree.entries, system.name()),
+                    Err(e) => eprintln!(
+                        "  scale        {} {} FAILED: {e}",
+                        tree.entries,
+                        system.name()
+                    ),
                 }
-                if !matches!(&r, Ok(f) if !f.valid) || attempts == 3 || INTERRUPTED.load(Ordering::SeqCst) {
+                if !matches!(&r, Ok(f) if !f.valid)
+                    || attempts == 3
+                    || INTERRUPTED.load(Ordering::SeqCst)
+                {
                     break r;
                 }
             };
@@ -369,7 +392,9 @@ pub fn json(rows: &[Row]) -> String {
                 f.secs[1],
                 f.dropped.rss_kib,
                 f.dropped.fds,
-                f.held.map(|h| h.to_string()).unwrap_or_else(|| "null".into()),
+                f.held
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "null".into()),
                 f.valid,
                 r.attempts
             ),
