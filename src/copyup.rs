@@ -173,7 +173,7 @@ impl Plyfs {
             }
         };
         let ident = (new.dev, new.ino);
-        node.state.write().upper = Some(ident);
+        node.state.write().upper = Some(ident).into();
         self.inos.alias(ident, node.ino);
         // New ctime of the copy and of its parent (renamed into, times
         // restored): the kernel's cached ones are stale.

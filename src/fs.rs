@@ -136,7 +136,7 @@ impl Plyfs {
         let mut lowers: Vec<Arc<LowerObj>> = self.lowers.iter().map(|l| l.root.clone()).collect();
         if let Some(u) = &self.upper {
             let st = sys::fs::fstat(u.root.as_fd())?;
-            state.upper = Some((st.dev, st.ino));
+            state.upper = Some((st.dev, st.ino)).into();
             let dir = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             let m = crate::lower::root_markers(dir.as_fd(), &[self.cfg.prefix]);
             state.opaque = m.opaque == crate::whiteout::OpaqueValue::Opaque;
@@ -233,7 +233,7 @@ impl Plyfs {
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         if node.upper_fd().filled_once() {
             let st = sys::fs::fstat(fd.as_fd())?;
-            if node.state.read().upper != Some((st.dev, st.ino)) {
+            if node.state.read().upper.get() != Some((st.dev, st.ino)) {
                 log::warn!("upper directory of {node:?} changed under the mount");
                 return Err(Errno::ESTALE);
             }
@@ -274,7 +274,7 @@ impl Plyfs {
     fn upper_places(&self, node: &Node) -> Result<(Ident, Vec<Place>)> {
         let (want, aliases) = {
             let s = node.state.read();
-            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+            (s.upper.get().ok_or(Errno::ENOENT)?, s.aliases.clone())
         };
         let mut places = Vec::with_capacity(aliases.len());
         for a in aliases {

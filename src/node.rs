@@ -173,11 +173,12 @@ impl std::fmt::Debug for Stack {
 /// The lower object of a non-directory, kept inline in its node: most
 /// nodes of a walk are lower files, and a [`LowerObj`] of their own would
 /// cost them an allocation. Made into one when used (see [`Lowers::top`]).
+/// Its device is its parent directory's (a file mounted over from another
+/// filesystem is kept as a [`LowerObj`]).
 #[derive(Clone)]
 struct LowerEntry {
     parent: Arc<LowerObj>,
     name: NameBuf,
-    dev: u64,
     ino: u64,
 }
 
@@ -209,11 +210,11 @@ impl From<Vec<Arc<LowerObj>>> for Lowers {
         if let [l] = v.as_slice()
             && !l.is_dir()
             && let Some(parent) = &l.parent
+            && parent.dev == l.dev
         {
             return Lowers(LowersRepr::Entry(LowerEntry {
                 parent: parent.clone(),
                 name: l.name.clone(),
-                dev: l.dev,
                 ino: l.ino,
             }));
         }
@@ -235,7 +236,11 @@ impl Lowers {
     pub fn top(&self, kind: u32) -> Option<Arc<LowerObj>> {
         match &self.0 {
             LowersRepr::Entry(e) => Some(Arc::new(LowerObj::child(
-                &e.parent, &e.name, e.dev, e.ino, kind,
+                &e.parent,
+                &e.name,
+                e.parent.dev,
+                e.ino,
+                kind,
             ))),
             LowersRepr::Stack(s) => s.first().cloned(),
         }
@@ -244,7 +249,7 @@ impl Lowers {
     /// Identity of the top lower object.
     pub fn top_ident(&self) -> Option<Ident> {
         match &self.0 {
-            LowersRepr::Entry(e) => Some((e.dev, e.ino)),
+            LowersRepr::Entry(e) => Some((e.parent.dev, e.ino)),
             LowersRepr::Stack(s) => s.first().map(|l| (l.dev, l.ino)),
         }
     }
@@ -270,12 +275,61 @@ impl std::fmt::Debug for Lowers {
     }
 }
 
+/// An optional object identity in 16 bytes rather than 24: a device
+/// number of `u64::MAX` (never one Linux encodes) stands for none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MaybeIdent {
+    dev: u64,
+    ino: u64,
+}
+
+impl MaybeIdent {
+    const NONE: MaybeIdent = MaybeIdent {
+        dev: u64::MAX,
+        ino: 0,
+    };
+
+    pub fn get(self) -> Option<Ident> {
+        (self.dev != u64::MAX).then_some((self.dev, self.ino))
+    }
+
+    pub fn is_some(self) -> bool {
+        self.dev != u64::MAX
+    }
+
+    pub fn is_none(self) -> bool {
+        !self.is_some()
+    }
+}
+
+impl Default for MaybeIdent {
+    fn default() -> Self {
+        MaybeIdent::NONE
+    }
+}
+
+impl From<Option<Ident>> for MaybeIdent {
+    fn from(i: Option<Ident>) -> MaybeIdent {
+        match i {
+            // A device number that cannot be told from none is not kept.
+            Some((dev, ino)) if dev != u64::MAX => MaybeIdent { dev, ino },
+            _ => MaybeIdent::NONE,
+        }
+    }
+}
+
+impl std::fmt::Debug for MaybeIdent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct NodeState {
     /// Names this node is known under. Directories have exactly one.
     pub aliases: Aliases,
     /// The upper object, once the node exists in the upper layer.
-    pub upper: Option<Ident>,
+    pub upper: MaybeIdent,
     /// Directories: the lower directories merged below the upper one, top
     /// first. Non-directories: the lower object the node came from (its
     /// origin), if any.
@@ -422,7 +476,7 @@ impl Node {
     /// top lower object.
     pub fn real_ident(&self) -> Option<Ident> {
         let s = self.state.read();
-        s.upper.or_else(|| s.lowers.top_ident())
+        s.upper.get().or_else(|| s.lowers.top_ident())
     }
 
     pub fn primary_alias(&self) -> Option<Alias> {
@@ -484,15 +538,29 @@ mod tests {
     }
 
     #[test]
+    fn maybe_ident_keeps_what_it_is_given() {
+        assert_eq!(MaybeIdent::default().get(), None);
+        assert!(MaybeIdent::default().is_none());
+        for i in [(0, 0), (1, 2), (u64::MAX - 1, u64::MAX)] {
+            let m = MaybeIdent::from(Some(i));
+            assert_eq!(m.get(), Some(i));
+            assert!(m.is_some());
+        }
+        assert_eq!(MaybeIdent::from(None).get(), None);
+    }
+
+    #[test]
     fn per_node_state_stays_small() {
         // One node per cached entry: these sizes are the daemon's memory
         // per entry of a large walk (see benches/overlay.rs, `scale`).
         assert_eq!(std::mem::size_of::<Aliases>(), 24);
         assert_eq!(std::mem::size_of::<Stack>(), 16);
-        assert_eq!(std::mem::size_of::<Lowers>(), 40);
-        // 152 bytes with the reference counts: a 160-byte malloc chunk.
+        assert_eq!(std::mem::size_of::<Lowers>(), 32);
+        assert_eq!(std::mem::size_of::<MaybeIdent>(), 16);
+        // 136 bytes with the reference counts: a 144-byte malloc chunk
+        // (glibc: the request plus 8, in steps of 16).
         assert!(
-            std::mem::size_of::<Node>() <= 136,
+            std::mem::size_of::<Node>() <= 120,
             "{}",
             std::mem::size_of::<Node>()
         );

@@ -116,7 +116,7 @@ impl Found {
     pub fn node_state(&self, alias: Alias) -> NodeState {
         NodeState {
             aliases: crate::node::Aliases::one(alias),
-            upper: self.upper,
+            upper: self.upper.into(),
             lowers: self.lowers.clone().into(),
             stack_checked: self.stack_checked,
             opaque: self.opaque,
@@ -515,7 +515,7 @@ impl Plyfs {
                 if s.unlinked {
                     return false;
                 }
-                match (s.upper, f.upper) {
+                match (s.upper.get(), f.upper) {
                     (Some(a), Some(b)) => a == b,
                     (None, None) => {
                         s.lowers.top_ident() == f.lowers.first().map(|l| (l.dev, l.ino))
@@ -538,7 +538,7 @@ impl Plyfs {
         node.add_alias(alias);
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
             // Copied up by a thread that has not recorded it yet.
-            node.state.write().upper = f.upper;
+            node.state.write().upper = f.upper.into();
         }
         let attr = if sibling {
             if !self.read_only()

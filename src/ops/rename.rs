@@ -75,7 +75,7 @@ impl Plyfs {
         }
         let _locks = lock_dirs(&parent, &newparent);
         let sf = self.resolve_found(&parent, name)?;
-        if sf.upper.is_none() || sf.upper != src.state.read().upper {
+        if sf.upper.is_none() || sf.upper != src.state.read().upper.get() {
             // Changed since we copied it up: let the caller retry.
             return Err(Errno::ENOENT);
         }
