@@ -302,8 +302,17 @@ impl Plyfs {
                 final_mode = Some(mode & 0o7777);
             }
             NewObject::Link { source } => {
-                let (spfd, sname) = self.upper_loc(source)?;
-                sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), dir, cname)?;
+                match (self.upper_loc(source), self.pinned(source)) {
+                    (Ok((spfd, sname)), _) => {
+                        sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), dir, cname)?
+                    }
+                    // No name plyfs knows (see `relearn_names`): link the
+                    // pinned object itself.
+                    (Err(e), Some(pin)) if e.code() == libc::ENOENT => {
+                        sys::fs::link_fd(pin.as_fd(), dir, cname)?
+                    }
+                    (Err(e), _) => return Err(e),
+                }
                 return Ok(());
             }
         }

@@ -408,6 +408,25 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     openat(cwd(), &path, flags & !libc::O_NOFOLLOW, 0)
 }
 
+/// Links the object an `O_PATH` descriptor refers to as `newname` in
+/// `newdir`, through its `/proc/self/fd` entry (ENOENT once it has no link
+/// left, as for any unlinked inode).
+pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> SysResult<()> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| super::Errno::EINVAL)?;
+    // SAFETY: plain syscall on valid fds and strings.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 /// Duplicates a descriptor (close-on-exec).
 pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned().map_err(super::Errno::from)
