@@ -30,7 +30,7 @@ type NameSet = std::collections::HashSet<Box<[u8]>>;
 
 /// One object of a lower layer. There is one per lower object a node of
 /// the merged view stands for (a file the kernel caches has one), so it is
-/// kept small: directory-only state lives in [`LowerDir`].
+/// kept small: directory-only state lives in a `LowerDir`.
 pub struct LowerObj {
     pub parent: Option<Arc<LowerObj>>,
     pub name: NameBuf,
