@@ -11,39 +11,43 @@
 // All unsafe code lives in `sys`, each block with a SAFETY comment.
 #![deny(unsafe_code)]
 
-pub mod attr;
+pub(crate) mod attr;
 pub mod cli;
 pub mod cmd;
-pub mod copyup;
+pub(crate) mod copyup;
 pub mod daemon;
-pub mod fdcache;
+pub(crate) mod fdcache;
 pub mod fs;
-pub mod fuse;
-pub mod handles;
-pub mod hardlinks;
-pub mod idmap;
-pub mod ino;
-pub mod inval;
+pub(crate) mod fuse;
+pub(crate) mod handles;
+pub(crate) mod hardlinks;
+pub(crate) mod idmap;
+pub(crate) mod ino;
+pub(crate) mod inval;
 pub mod layer;
-pub mod listcache;
-pub mod listing;
-pub mod lower;
+pub(crate) mod listcache;
+pub(crate) mod listing;
+pub(crate) mod lower;
 pub mod names;
-pub mod node;
+pub(crate) mod node;
 pub mod ops;
 pub mod options;
 pub mod origin;
-pub mod override_stat;
+pub(crate) mod override_stat;
 pub mod ovl_xattr;
-pub mod rdplus;
-pub mod resolve;
-pub mod rmtree;
+pub(crate) mod rdplus;
+pub(crate) mod resolve;
+pub(crate) mod rmtree;
 pub mod setup;
-pub mod stats;
+pub(crate) mod stats;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod table;
-pub mod tuning;
+pub(crate) mod table;
+pub(crate) mod tuning;
 pub mod version;
 pub mod whiteout;
-pub mod workdir;
+pub(crate) mod workdir;
+
+/// The effective uid of this process (for tests and examples that decide
+/// between root-only and unprivileged checks).
+pub use sys::process::geteuid;

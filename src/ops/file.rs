@@ -22,10 +22,7 @@ pub fn open_noatime(
     name: &crate::names::Name,
     flags: i32,
 ) -> Result<OwnedFd> {
-    match sys::fs::openat(dir, name.as_cstr(), flags | libc::O_NOATIME, 0) {
-        Err(e) if e.code() == libc::EPERM => sys::fs::openat(dir, name.as_cstr(), flags, 0),
-        other => other,
-    }
+    sys::fs::openat_noatime(dir, name.as_cstr(), flags)
 }
 
 impl Plyfs {

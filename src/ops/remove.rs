@@ -108,8 +108,7 @@ impl Plyfs {
         pfd: &OwnedFd,
         u: crate::node::Ident,
     ) {
-        let Ok(dir) = sys::fs::openat(pfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        else {
+        let Ok(dir) = sys::fs::open_dir_here(pfd.as_fd()) else {
             return;
         };
         let mut found = Vec::new();
