@@ -590,7 +590,16 @@ fn kill_9_at_random_moments() {
         // Remount: staging leftovers go, and the model holds.
         let m = PlyfsMount::start(&l.mnt, &opts, &[])
             .unwrap_or_else(|e| panic!("{what}: remount: {e}"));
-        let leftovers = upper_check::work_leftovers(&l.work);
+        // The mount moves them aside at once and removes them in the
+        // background (slow on a loaded machine): wait for that.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let leftovers = loop {
+            let left = upper_check::work_leftovers(&l.work);
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(
             leftovers.is_empty(),
             "{what}: leftovers after the remount: {leftovers:?}"
