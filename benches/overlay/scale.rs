@@ -18,10 +18,7 @@
 //! Not part of the default run (a 1M-entry tree, several minutes per
 //! system): `--only scale`, sizes with `--scale-sizes 300k,1m`.
 
-use super::{
-    Bins, INTERRUPTED, Mounted, ProcStat, RunDirs, System, begin_watch, end_watch, is_fuse,
-    is_mounted, json_str, proc_stat, run, sync_and_drop_caches, umount,
-};
+use crate::*;
 use std::fs::{self, File};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,8 +26,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-pub const WORKLOAD: &str = "scale";
-pub const DESCRIPTION: &str = "daemon memory on a walk of a large lower layer (directories of 100 \
+pub(crate) const WORKLOAD: &str = "scale";
+pub(crate) const DESCRIPTION: &str = "daemon memory on a walk of a large lower layer (directories of 100 \
      empty files; find -printf %s, cold then again): peak RSS and bytes per cached entry, RSS and \
      fds after drop_caches; only with --only scale (--scale-sizes 300k,1m)";
 
@@ -38,7 +35,7 @@ pub const DESCRIPTION: &str = "daemon memory on a walk of a large lower layer (d
 const PER_DIR: usize = 100;
 
 /// Parses `300k,1m,50000` into numbers of files.
-pub fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
+pub(crate) fn parse_sizes(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
         .filter(|x| !x.is_empty())
         .map(|x| {
@@ -112,7 +109,7 @@ fn fuse_inodes() -> Option<u64> {
 }
 
 /// What one walk measured.
-pub struct Figures {
+pub(crate) struct Figures {
     start: ProcStat,
     walk: ProcStat,
     dropped: ProcStat,
@@ -123,7 +120,7 @@ pub struct Figures {
     valid: bool,
 }
 
-pub struct Row {
+pub(crate) struct Row {
     files: usize,
     entries: usize,
     system: System,
@@ -131,7 +128,7 @@ pub struct Row {
     result: Result<Figures, String>,
 }
 
-pub struct Env<'a> {
+pub(crate) struct Env<'a> {
     pub dirs: &'a RunDirs,
     pub bins: &'a Bins,
     pub bench_dir: &'a Path,
@@ -157,6 +154,11 @@ fn mount(sys: System, lowerdir: &Path, env: &Env) -> Result<Mounted, String> {
     }
     let bin = match sys {
         System::Plyfs | System::PlyfsUring | System::PlyfsDevFuse => &env.bins.plyfs,
+        System::PlyfsBase => env
+            .bins
+            .plyfs_base
+            .as_ref()
+            .ok_or("plyfs-base needs PLYFS_BASE_BIN")?,
         System::FuseOverlayfs => &env.bins.fuse_overlayfs,
         System::Kernel => return Err("no daemon to measure".into()),
     };
@@ -254,7 +256,7 @@ fn measure(sys: System, tree: &ScaleTree, env: &Env) -> Result<Figures, String> 
 }
 
 /// Runs the scale workload for every size and FUSE system.
-pub fn run_all(env: &Env, systems: &[System], sizes: &[usize]) -> Vec<Row> {
+pub(crate) fn run_all(env: &Env, systems: &[System], sizes: &[usize]) -> Vec<Row> {
     let mut rows = Vec::new();
     for &files in sizes {
         let tree = match ensure_tree(env.bench_dir, files) {
@@ -319,7 +321,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-pub fn print(rows: &[Row]) {
+pub(crate) fn print(rows: &[Row]) {
     println!("memory at scale ({DESCRIPTION}):");
     println!(
         "  {:>9} {:<15} {:>10} {:>11} {:>9} {:>6} {:>8} {:>11} {:>8} {:>12}",
@@ -372,7 +374,7 @@ pub fn print(rows: &[Row]) {
     println!();
 }
 
-pub fn json(rows: &[Row]) -> String {
+pub(crate) fn json(rows: &[Row]) -> String {
     let items: Vec<String> = rows
         .iter()
         .map(|r| match &r.result {
@@ -407,4 +409,45 @@ pub fn json(rows: &[Row]) -> String {
         })
         .collect();
     format!("[{}]", items.join(", "))
+}
+
+/// `--only scale`: the memory rows alone, without the layer tree.
+pub(crate) fn main(cfg: &Config) -> Result<(), String> {
+    let started = Instant::now();
+    let sizes = parse_sizes(&cfg.scale_sizes)?;
+    let systems = cfg
+        .systems
+        .clone()
+        .unwrap_or_else(|| vec![System::Plyfs, System::FuseOverlayfs]);
+    let can_drop = is_root();
+    let bins = find_bins(false, false);
+    fs::create_dir_all(&cfg.dir).map_err(|e| format!("mkdir {}: {e}", cfg.dir.display()))?;
+    let dirs = RunDirs::new(&cfg.dir)?;
+    install_watchdog();
+    let senv = Env {
+        dirs: &dirs,
+        bins: &bins,
+        bench_dir: &cfg.dir,
+        can_drop,
+        timeout: Duration::from_secs(cfg.timeout),
+    };
+    let rows = run_all(&senv, &systems, &sizes);
+    let _ = fs::remove_dir_all(&dirs.upper);
+    let _ = fs::remove_dir_all(&dirs.work);
+    print(&rows);
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        println!("INTERRUPTED: partial results\n");
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    let j = format!(
+        "{{\n  \"config\": {{\"caches_dropped\": {can_drop}}},\n  \"scale\": {}\n}}\n",
+        json(&rows)
+    );
+    let path = cfg.json_path();
+    if let Some(parent) = path.parent() {
+        let _ = fs::create_dir_all(parent);
+    }
+    fs::write(&path, j).map_err(|e| format!("write {}: {e}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
 }
