@@ -65,6 +65,8 @@ mod plan;
 mod report;
 #[path = "overlay/run.rs"]
 mod run;
+#[path = "overlay/scale.rs"]
+mod scale;
 #[path = "overlay/systems.rs"]
 mod systems;
 #[path = "overlay/tree.rs"]
@@ -160,6 +162,19 @@ fn main() {
         }
         println!("{DIFF_WORKLOAD:<12} {DIFF_DESCRIPTION}");
         println!("{:<12} {}", chown_meta::NAME, chown_meta::DESCRIPTION);
+        println!("{:<12} {}", scale::WORKLOAD, scale::DESCRIPTION);
+        return;
+    }
+    // Only when asked for (large trees, minutes per system), alone.
+    if cfg
+        .only
+        .as_ref()
+        .is_some_and(|names| names.iter().any(|n| n == scale::WORKLOAD))
+    {
+        if let Err(e) = scale::main(&cfg) {
+            eprintln!("overlay bench: {e}");
+            std::process::exit(1);
+        }
         return;
     }
     let selected: Vec<&Workload> = match &cfg.only {

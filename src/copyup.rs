@@ -62,7 +62,7 @@ impl Plyfs {
             DataMode::Full
         };
         self.copy_up_opts(node, mode)?;
-        if node.has_upper() && node.state.read().metacopy.is_some() {
+        if node.has_upper() && node.metacopy().is_some() {
             self.copy_up_meta_data(node, truncate)?;
         }
         Ok(())
@@ -108,7 +108,7 @@ impl Plyfs {
         self.kernel.attrs_changed(node.ino);
         let mut s = node.state.write();
         s.opaque = true;
-        s.lowers = Arc::from(Vec::new());
+        s.lowers = Default::default();
         s.stack_checked = true;
         drop(s);
         node.touch_version();
@@ -198,7 +198,7 @@ impl Plyfs {
             return Err(Errno::ESTALE);
         }
         let tmp = work.temp_name()?;
-        let from = node.state.read().metacopy.clone();
+        let from = node.metacopy();
         let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data, from.as_deref());
         let marked = match staged {
             Ok(m) => m,
@@ -227,17 +227,14 @@ impl Plyfs {
             }
         };
         let ident = (new.dev, new.ino);
-        {
-            let mut s = node.state.write();
-            s.upper = Some(ident);
-            // A metacopy copy keeps its data below; any other copy has it.
-            s.metacopy = marked.map(|v| {
-                Arc::new(match &from {
-                    Some(d) => d.with_value(v),
-                    None => crate::metacopy::DataRef::found(lower.clone(), v),
-                })
-            });
-        }
+        // A metacopy copy keeps its data below; any other copy has it.
+        node.set_metacopy(marked.map(|v| {
+            Arc::new(match &from {
+                Some(d) => d.with_value(v),
+                None => crate::metacopy::DataRef::found(lower.clone(), v),
+            })
+        }));
+        node.state.write().upper = Some(ident).into();
         self.inos.alias(ident, node.ino);
         // New ctime of the copy and of its parent (renamed into, times
         // restored): the kernel's cached ones are stale.

@@ -17,7 +17,7 @@ use crate::idmap::IdMap;
 use crate::ino::{self, InoMap};
 use crate::lower::LowerObj;
 use crate::names::Name;
-use crate::node::{Alias, Ident, Node, NodeState};
+use crate::node::{Alias, Ident, Node, NodeState, Stack};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::table::Table;
@@ -102,6 +102,8 @@ pub struct Plyfs {
     pub plus: crate::rdplus::PlusPolicy,
     /// Invalidates attributes the kernel caches (see `inval`).
     pub kernel: crate::inval::KernelCache,
+    /// Recently read directory listings (see `listcache`).
+    pub listings: crate::listcache::ListingCache,
 }
 
 impl Plyfs {
@@ -131,6 +133,7 @@ impl Plyfs {
             io: Default::default(),
             plus: Default::default(),
             kernel: Default::default(),
+            listings: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -142,7 +145,7 @@ impl Plyfs {
         let mut lowers: Vec<Arc<LowerObj>> = self.lowers.iter().map(|l| l.root.clone()).collect();
         if let Some(u) = &self.upper {
             let st = sys::fs::fstat(u.root.as_fd())?;
-            state.upper = Some((st.dev, st.ino));
+            state.upper = Some((st.dev, st.ino)).into();
             let dir = sys::fs::open_dir_here(u.root.as_fd())?;
             let m = crate::lower::root_markers(dir.as_fd(), &[self.cfg.prefix]);
             state.opaque = m.opaque == crate::whiteout::OpaqueValue::Opaque;
@@ -157,7 +160,7 @@ impl Plyfs {
         if let Some(u) = &self.upper {
             let weak: Weak<dyn FdHolder> = Arc::downgrade(&node) as Weak<dyn FdHolder>;
             let fd = sys::fs::dup(u.root.as_fd())?;
-            node.upper_fd.fill(fd, weak, None);
+            node.upper_fd().fill(fd, weak, None);
         }
         Ok(node)
     }
@@ -195,7 +198,7 @@ impl Plyfs {
     /// Iterative: evicted ancestors are reopened top-down from the nearest
     /// one still cached, so any directory depth works on a thread's stack.
     pub fn upper_dir_fd(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
-        if let Some(fd) = node.upper_fd.get() {
+        if let Some(fd) = node.upper_fd().get() {
             return Ok(fd);
         }
         if node.ino == ino::ROOT {
@@ -208,7 +211,7 @@ impl Plyfs {
         let mut fd = loop {
             let (parent, name) = self.parent_of(&cur)?;
             chain.push((cur, name, parent.clone()));
-            if let Some(fd) = parent.upper_fd.get() {
+            if let Some(fd) = parent.upper_fd().get() {
                 break fd;
             }
             if parent.ino == ino::ROOT {
@@ -237,16 +240,16 @@ impl Plyfs {
         parent: &Arc<Node>,
     ) -> Result<Arc<OwnedFd>> {
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
-        if node.upper_fd.filled_once() {
+        if node.upper_fd().filled_once() {
             let st = sys::fs::fstat(fd.as_fd())?;
-            if node.state.read().upper != Some((st.dev, st.ino)) {
+            if node.state.read().upper.get() != Some((st.dev, st.ino)) {
                 log::warn!("upper directory of {node:?} changed under the mount");
                 return Err(Errno::ESTALE);
             }
         }
         let weak: Weak<dyn FdHolder> = Arc::downgrade(node) as Weak<dyn FdHolder>;
         let pweak: Weak<dyn FdHolder> = Arc::downgrade(parent) as Weak<dyn FdHolder>;
-        Ok(node.upper_fd.fill(fd, weak, Some(pweak)))
+        Ok(node.upper_fd().fill(fd, weak, Some(pweak)))
     }
 
     /// Parent upper directory and name of a node's upper object. Names of
@@ -280,7 +283,7 @@ impl Plyfs {
     fn upper_places(&self, node: &Node) -> Result<(Ident, Vec<Place>)> {
         let (want, aliases) = {
             let s = node.state.read();
-            (s.upper.ok_or(Errno::ENOENT)?, s.aliases.clone())
+            (s.upper.get().ok_or(Errno::ENOENT)?, s.aliases.clone())
         };
         let mut places = Vec::with_capacity(aliases.len());
         for a in aliases {
@@ -299,7 +302,7 @@ impl Plyfs {
 
     /// The pinned descriptor of a node whose names are all gone.
     pub fn pinned(&self, node: &Node) -> Option<Arc<OwnedFd>> {
-        node.pin.lock().clone()
+        node.pin()
     }
 
     /// Opens a node's upper regular file by one of its names, checking it is
@@ -355,10 +358,10 @@ impl Plyfs {
 
     /// The lower directories merged below `node`, with lower opaque markers
     /// applied (done once per node, lazily for nodes made from listings).
-    pub fn dir_stack(&self, node: &Node) -> Result<Arc<[Arc<LowerObj>]>> {
+    pub fn dir_stack(&self, node: &Node) -> Result<Stack> {
         let (stack, checked) = {
             let s = node.state.read();
-            (s.lowers.clone(), s.stack_checked)
+            (s.lowers.stack(), s.stack_checked)
         };
         if checked || stack.is_empty() {
             return Ok(stack);
@@ -383,13 +386,13 @@ impl Plyfs {
             let f = self.resolve_found(&parent, &name)?;
             trimmed = f.lowers;
         }
-        let trimmed: Arc<[Arc<LowerObj>]> = trimmed.into();
+        let trimmed: Stack = trimmed.into();
         let mut s = node.state.write();
         if !s.stack_checked {
-            s.lowers = trimmed.clone();
+            s.lowers = trimmed.clone().into();
             s.stack_checked = true;
         }
-        Ok(s.lowers.clone())
+        Ok(s.lowers.stack())
     }
 
     /// Where a directory's lower content lives, as an absolute path in the
@@ -403,18 +406,13 @@ impl Plyfs {
         let mut base: Vec<u8> = Vec::new();
         let mut cur = node.clone();
         while cur.ino != ino::ROOT {
-            let (redirect, alias) = {
-                let s = cur.state.read();
-                (
-                    s.redirect.clone(),
-                    s.aliases.first().cloned().ok_or(Errno::ENOENT)?,
-                )
-            };
+            let redirect = cur.redirect();
+            let alias = cur.primary_alias().ok_or(Errno::ENOENT)?;
             if let Some(r) = redirect.as_deref().filter(|r| r.first() == Some(&b'/')) {
                 base = r.to_vec();
                 break;
             }
-            comps.push(redirect.unwrap_or(alias.name));
+            comps.push(redirect.unwrap_or_else(|| alias.name.as_bytes().into()));
             if comps.len() > self.table.len() {
                 return Err(Errno::ELOOP);
             }
@@ -431,7 +429,7 @@ impl Plyfs {
     pub fn real_stat(&self, node: &Arc<Node>) -> Result<Stat> {
         let (has_upper, top_lower) = {
             let s = node.state.read();
-            (s.upper.is_some(), s.lowers.first().cloned())
+            (s.upper.is_some(), s.lowers.top(node.kind))
         };
         if has_upper {
             if node.is_dir() {

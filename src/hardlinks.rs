@@ -75,7 +75,7 @@ impl Plyfs {
             };
             self.add_sibling(&mut out, lower, own, vec![parent], &a.name)?;
         }
-        let map = self.link_map(lower.layer)?;
+        let map = self.link_map(lower.layer())?;
         let Some(paths) = map.get(&(lower.dev, lower.ino)) else {
             log::debug!("no other names for {lower:?} in a map of {}", map.len());
             return Ok(out);
@@ -87,7 +87,7 @@ impl Plyfs {
             };
             let path = match self.walk_merged(dirs)? {
                 Some(path) => path,
-                None => match self.moved_lower_dir(lower.layer, dirs)? {
+                None => match self.moved_lower_dir(lower.layer(), dirs)? {
                     Some(dir) => vec![dir],
                     None => continue,
                 },
@@ -160,7 +160,7 @@ impl Plyfs {
         for dir in self.table.dirs() {
             let merges = {
                 let s = dir.state.read();
-                s.lowers.iter().any(|l| (l.dev, l.ino) == want)
+                s.lowers.stack().iter().any(|l| (l.dev, l.ino) == want)
             };
             if merges && let Some(d) = self.table.hold(dir.ino) {
                 return Ok(Some(d));

@@ -354,7 +354,7 @@ impl Plyfs {
         }
         let (upper, lower) = {
             let s = node.state.read();
-            (s.upper, s.lowers.first().cloned())
+            (s.upper.get(), s.lowers.top(node.kind))
         };
         let Some(name) = upper.and_then(|u| ix.name_of(u)) else {
             return;
@@ -487,7 +487,7 @@ impl Plyfs {
         }
         let (upper, lower) = {
             let s = node.state.read();
-            (s.upper, s.lowers.first().cloned())
+            (s.upper.get(), s.lowers.top(node.kind))
         };
         let (Some(u), Some(lower)) = (upper, lower) else {
             return Ok(());
@@ -529,7 +529,7 @@ impl Plyfs {
         let Some(ix) = &self.index else {
             return Ok(());
         };
-        let Some(u) = node.state.read().upper else {
+        let Some(u) = node.state.read().upper.get() else {
             return Ok(());
         };
         let Some(iname) = ix.name_of(u) else {
@@ -569,7 +569,7 @@ impl Plyfs {
         self.index_link_up(&node, Some((parent, name)))?;
         let (upper, lower) = {
             let s = node.state.read();
-            (s.upper, s.lowers.first().cloned())
+            (s.upper.get(), s.lowers.top(node.kind))
         };
         let Some(u) = upper.filter(|u| ix.names.contains_key(u)) else {
             return Ok(None);
@@ -590,7 +590,7 @@ impl Plyfs {
         let Ok(st) = sys::fs::lstatat(ix.fd(), iname.as_cstr()) else {
             return;
         };
-        let lower = node.and_then(|n| n.state.read().lowers.first().cloned());
+        let lower = node.and_then(|n| n.state.read().lowers.top(n.kind));
         match self.overlay_nlink_raw(&iname, &st, lower.as_ref()) {
             Some(n) if n <= 0 => {}
             _ => return,
@@ -624,7 +624,7 @@ impl Plyfs {
     pub(crate) fn index_before_link(&self, node: &Arc<Node>) -> Result<()> {
         let (upper, lower) = {
             let s = node.state.read();
-            (s.upper, s.lowers.first().cloned())
+            (s.upper.get(), s.lowers.top(node.kind))
         };
         match upper {
             Some(u) => self.index_store_upper_rel(u, lower.as_ref()),

@@ -27,6 +27,7 @@ pub(crate) mod index;
 pub(crate) mod ino;
 pub(crate) mod inval;
 pub mod layer;
+pub(crate) mod listcache;
 pub(crate) mod listing;
 pub(crate) mod lower;
 pub(crate) mod metacopy;

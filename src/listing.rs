@@ -47,6 +47,27 @@ pub struct ListEntry {
     pub cookie: u64,
 }
 
+#[cfg(test)]
+impl ListEntry {
+    /// A lower-only file entry named `name`.
+    pub fn test_entry(name: &[u8]) -> ListEntry {
+        ListEntry {
+            name: name.into(),
+            kind: libc::S_IFREG,
+            ino: 0,
+            upper: None,
+            lowers: vec![(0, 1)],
+            opaque: false,
+            impure: false,
+            xattr_whiteouts: false,
+            origin: None,
+            redirect: None,
+            metacopy: false,
+            cookie: cookie(name),
+        }
+    }
+}
+
 /// Offsets of `.` and `..`; entry cookies are above them.
 pub const DOT_OFFSET: u64 = 1;
 pub const DOTDOT_OFFSET: u64 = 2;
@@ -101,7 +122,7 @@ pub struct Listing {
     /// The directory node's version when the listing was made.
     pub version: u64,
     /// The lower stack the listing was made from.
-    pub stack: Arc<[Arc<LowerObj>]>,
+    pub stack: crate::node::Stack,
     /// Some upper entry is a metacopy file.
     pub has_metacopy: bool,
 }
@@ -124,7 +145,7 @@ fn open_dir(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd> {
 impl Plyfs {
     /// Reads the merged contents of the directory `dir`.
     pub fn build_listing(&self, dir: &Arc<Node>) -> Result<Listing> {
-        let version = dir.version.load(std::sync::atomic::Ordering::Relaxed);
+        let version = dir.version();
         let (has_upper, xwo) = {
             let s = dir.state.read();
             (s.upper.is_some(), s.xattr_whiteouts)

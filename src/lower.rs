@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crate::fdcache::{FdHolder, FdSlot};
-use crate::names::Name;
+use crate::names::{Name, NameBuf};
 use crate::ovl_xattr::Prefix;
 use crate::sys::{self, Errno, fs::Stat};
 use crate::whiteout::{self, OpaqueValue};
@@ -28,24 +28,37 @@ pub struct LowerDirInfo {
 /// A set of entry names.
 type NameSet = std::collections::HashSet<Box<[u8]>>;
 
+/// One object of a lower layer. There is one per lower object a node of
+/// the merged view stands for (a file the kernel caches has one), so it is
+/// kept small: directory-only state lives in a `LowerDir`.
 pub struct LowerObj {
-    /// Index into the mount's lower layers (0 = top lower).
-    pub layer: usize,
     pub parent: Option<Arc<LowerObj>>,
-    pub name: Box<[u8]>,
+    pub name: NameBuf,
     pub dev: u64,
     pub ino: u64,
     /// `S_IFMT` bits.
     pub kind: u32,
+    /// Index into the mount's lower layers (0 = top lower).
+    layer: u32,
+    /// Directories only.
+    dir: Option<Box<LowerDir>>,
+}
+
+/// What a lower directory keeps besides its identity.
+#[derive(Default)]
+struct LowerDir {
     fd: FdSlot,
-    dir_info: OnceLock<LowerDirInfo>,
-    /// Directories: names hidden by OCI `.wh.NAME` markers in this
-    /// directory, read once on the first lookup that misses here (`None`:
-    /// there are none, the common case).
+    info: OnceLock<LowerDirInfo>,
+    /// Names hidden by OCI `.wh.NAME` markers in this directory, read once
+    /// on the first lookup that misses here (`None`: there are none, the
+    /// common case).
     oci_whiteouts: OnceLock<Option<Box<NameSet>>>,
     /// For layer roots, the path the user gave (for messages).
-    pub root_path: Option<std::path::PathBuf>,
+    root_path: Option<std::path::PathBuf>,
 }
+
+/// The slot of objects that never cache a descriptor (non-directories).
+static NO_SLOT: std::sync::LazyLock<FdSlot> = std::sync::LazyLock::new(FdSlot::empty);
 
 impl Drop for LowerObj {
     /// Drops a chain of otherwise unreferenced ancestors in a loop: the
@@ -63,7 +76,7 @@ impl Drop for LowerObj {
 
 impl FdHolder for LowerObj {
     fn slot(&self) -> &FdSlot {
-        &self.fd
+        self.fd()
     }
 }
 
@@ -84,32 +97,48 @@ impl LowerObj {
     pub fn root(layer: usize, fd: OwnedFd, path: std::path::PathBuf) -> Result<LowerObj, Errno> {
         let st = sys::fs::fstat(fd.as_fd())?;
         Ok(LowerObj {
-            layer,
             parent: None,
-            name: Box::new([]),
+            name: NameBuf::default(),
             dev: st.dev,
             ino: st.ino,
             kind: st.file_type(),
-            fd: FdSlot::pinned(Arc::new(fd)),
-            dir_info: OnceLock::new(),
-            oci_whiteouts: OnceLock::new(),
-            root_path: Some(path),
+            layer: u32::try_from(layer).map_err(|_| Errno::EINVAL)?,
+            dir: Some(Box::new(LowerDir {
+                fd: FdSlot::pinned(Arc::new(fd)),
+                root_path: Some(path),
+                ..Default::default()
+            })),
         })
     }
 
     /// A child found under `parent` with the given identity.
     pub fn child(parent: &Arc<LowerObj>, name: &[u8], dev: u64, ino: u64, kind: u32) -> LowerObj {
         LowerObj {
-            layer: parent.layer,
             parent: Some(parent.clone()),
-            name: name.into(),
+            name: NameBuf::new(name),
             dev,
             ino,
             kind,
-            fd: FdSlot::empty(),
-            dir_info: OnceLock::new(),
-            oci_whiteouts: OnceLock::new(),
-            root_path: None,
+            layer: parent.layer,
+            dir: (kind == libc::S_IFDIR).then(Box::default),
+        }
+    }
+
+    /// Index of the object's layer in the mount's lower layers.
+    pub fn layer(&self) -> usize {
+        self.layer as usize
+    }
+
+    /// For layer roots, the path the user gave.
+    pub fn root_path(&self) -> Option<&std::path::Path> {
+        self.dir.as_ref()?.root_path.as_deref()
+    }
+
+    /// The descriptor slot of a directory (an always-empty one otherwise).
+    fn fd(&self) -> &FdSlot {
+        match &self.dir {
+            Some(d) => &d.fd,
+            None => &NO_SLOT,
         }
     }
 
@@ -127,7 +156,7 @@ impl LowerObj {
     /// Iterative: evicted ancestors are reopened top-down from the nearest
     /// one still cached, so any directory depth works on a thread's stack.
     pub fn dir_fd(self: &Arc<Self>) -> Result<Arc<OwnedFd>, Errno> {
-        if let Some(fd) = self.fd.get() {
+        if let Some(fd) = self.fd().get() {
             return Ok(fd);
         }
         // Walk up to the nearest object with a cached descriptor.
@@ -136,7 +165,7 @@ impl LowerObj {
             let Some(parent) = chain.last().and_then(|o| o.parent.clone()) else {
                 return Err(Errno::EIO);
             };
-            if let Some(fd) = parent.fd.get() {
+            if let Some(fd) = parent.fd().get() {
                 break fd;
             }
             chain.push(parent);
@@ -151,11 +180,12 @@ impl LowerObj {
     /// Opens this directory by name in its parent's descriptor `pfd` and
     /// caches it.
     fn reopen_from(self: &Arc<Self>, pfd: &OwnedFd) -> Result<Arc<OwnedFd>, Errno> {
+        let slot = &self.dir.as_ref().ok_or(Errno::ENOTDIR)?.fd;
         let name = Name::new(&self.name)?;
         let fd = sys::fs::open_dir_path(pfd.as_fd(), name.as_cstr())?;
         // O_DIRECTORY|O_NOFOLLOW already rule out anything but a directory;
         // a reopen after eviction must also find the same one.
-        if self.fd.filled_once() && sys::fs::fstat(fd.as_fd())?.ino != self.ino {
+        if slot.filled_once() && sys::fs::fstat(fd.as_fd())?.ino != self.ino {
             log::warn!("lower layer changed under the mount at {self:?}");
             return Err(Errno::ESTALE);
         }
@@ -164,7 +194,7 @@ impl LowerObj {
             .parent
             .as_ref()
             .map(|p| Arc::downgrade(p) as Weak<dyn FdHolder>);
-        Ok(self.fd.fill(fd, weak, parent))
+        Ok(slot.fill(fd, weak, parent))
     }
 
     /// The parent directory descriptor and name through which this object is
@@ -188,7 +218,8 @@ impl LowerObj {
     /// The directory is read once to learn its markers, which replaces one
     /// `lstat` per name missing here.
     pub fn has_oci_whiteout(self: &Arc<Self>, name: &[u8]) -> Result<bool, Errno> {
-        if let Some(set) = self.oci_whiteouts.get() {
+        let slot = &self.dir.as_ref().ok_or(Errno::ENOTDIR)?.oci_whiteouts;
+        if let Some(set) = slot.get() {
             return Ok(set.as_ref().is_some_and(|s| s.contains(name)));
         }
         let fd = self.dir_fd()?;
@@ -200,19 +231,18 @@ impl LowerObj {
             }
         })?;
         let found = set.contains(name);
-        let _ = self
-            .oci_whiteouts
-            .set((!set.is_empty()).then(|| Box::new(set)));
+        let _ = slot.set((!set.is_empty()).then(|| Box::new(set)));
         Ok(found)
     }
 
     /// Opaque and xattr-whiteout markers of this directory (cached).
     pub fn dir_info(self: &Arc<Self>) -> Result<&LowerDirInfo, Errno> {
-        if let Some(info) = self.dir_info.get() {
+        let slot = &self.dir.as_ref().ok_or(Errno::ENOTDIR)?.info;
+        if let Some(info) = slot.get() {
             return Ok(info);
         }
         let info = self.read_dir_info()?;
-        Ok(self.dir_info.get_or_init(|| info))
+        Ok(slot.get_or_init(|| info))
     }
 
     fn read_dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {

@@ -176,15 +176,13 @@ impl Plyfs {
     /// Whether the upper object of `node` holds its data (it has one and
     /// is not a metacopy file).
     pub fn upper_has_data(&self, node: &Node) -> bool {
-        let s = node.state.read();
-        s.upper.is_some() && s.metacopy.is_none()
+        node.state.read().upper.is_some() && node.metacopy().is_none()
     }
 
     /// The object an open handle of `node` may stand in for when answering
     /// getattr: false when its descriptor is a data file of another object.
     pub fn handle_is_meta(&self, node: &Node, on_upper: bool) -> bool {
-        let s = node.state.read();
-        on_upper || (s.upper.is_none() && s.metacopy.is_none())
+        on_upper || (node.state.read().upper.is_none() && node.metacopy().is_none())
     }
 
     /// An upper metacopy file was found as `f` (a regular file) in a
@@ -250,7 +248,7 @@ impl Plyfs {
         };
         let below: Vec<Arc<LowerObj>> = stack
             .iter()
-            .filter(|l| l.layer > top.layer)
+            .filter(|l| l.layer() > top.layer())
             .cloned()
             .collect();
         let (target, abs, positions) = match m.redirect.as_deref().and_then(parse_redirect) {
@@ -259,7 +257,7 @@ impl Plyfs {
                 true,
                 self.lowers
                     .iter()
-                    .filter(|l| l.root.layer > top.layer)
+                    .filter(|l| l.root.layer() > top.layer())
                     .map(|l| l.root.clone())
                     .collect(),
             ),
@@ -354,7 +352,7 @@ impl Plyfs {
                     positions = self
                         .lowers
                         .iter()
-                        .filter(|l| l.root.layer > obj.layer)
+                        .filter(|l| l.root.layer() > obj.layer())
                         .map(|l| l.root.clone())
                         .collect();
                     i = 0;
@@ -529,7 +527,7 @@ impl Plyfs {
         if node.kind != libc::S_IFREG {
             return;
         }
-        let Some(d) = node.state.read().metacopy.clone() else {
+        let Some(d) = node.metacopy() else {
             return;
         };
         st.blocks = match d.known().map(|o| o.stat()) {
@@ -567,7 +565,7 @@ impl Plyfs {
     /// instead (open with O_TRUNC, truncate to 0).
     pub(crate) fn copy_up_meta_data(&self, node: &Arc<Node>, truncate: bool) -> Result<()> {
         let _g = node.copy_lock.lock();
-        let Some(d) = node.state.read().metacopy.clone() else {
+        let Some(d) = node.metacopy() else {
             return Ok(());
         };
         let out = self.open_upper(node, libc::O_WRONLY | libc::O_NOFOLLOW)?;
@@ -604,7 +602,7 @@ impl Plyfs {
                 Err(e) => return Err(e),
             }
         }
-        node.state.write().metacopy = None;
+        node.set_metacopy(None);
         self.kernel.attrs_changed(node.ino);
         log::debug!("copied up the data of metacopy file {node:?}");
         Ok(())
@@ -623,13 +621,11 @@ impl Plyfs {
         parent: &Arc<Node>,
         same_dir: bool,
     ) -> Result<()> {
-        let (redirect, lower) = {
-            let s = node.state.read();
-            if s.metacopy.is_none() {
-                return Ok(());
-            }
-            (s.redirect.clone(), s.lowers.first().cloned())
-        };
+        if node.metacopy().is_none() {
+            return Ok(());
+        }
+        let redirect = node.redirect();
+        let lower = node.state.read().lowers.top(node.kind);
         let hard_link = match &lower {
             Some(l) => l.stat()?.nlink > 1,
             None => false,
@@ -654,7 +650,7 @@ impl Plyfs {
         }
         let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
         sys::xattr::set_at(at.0.as_fd(), at.1.as_cstr(), &attr, &value, 0)?;
-        node.state.write().redirect = Some(value.into());
+        node.set_redirect(Some(value.into()));
         self.kernel.attrs_changed(node.ino);
         Ok(())
     }
@@ -664,12 +660,12 @@ impl Plyfs {
     /// Before a metacopy file gets another name (link): its absolute
     /// redirect, recorded through one of its current names.
     pub(crate) fn set_link_redirect(&self, node: &Arc<Node>) -> Result<()> {
-        if node.state.read().metacopy.is_none() {
+        if node.metacopy().is_none() {
             return Ok(());
         }
         let (want, aliases) = {
             let s = node.state.read();
-            (s.upper, s.aliases.clone())
+            (s.upper.get(), s.aliases.clone())
         };
         for a in aliases {
             let Some(parent) = self.table.get(a.parent) else {

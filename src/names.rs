@@ -69,6 +69,122 @@ pub fn check(name: &OsStr) -> Result<Name, Errno> {
     Name::from_os(name)
 }
 
+/// Longest name stored inline in a [`NameBuf`].
+const INLINE: usize = 15;
+
+/// Length of an inline name. An enum rather than a `u8` so that its unused
+/// values give [`NameBuf`] room for its tag: the type stays 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum InlineLen {
+    L0,
+    L1,
+    L2,
+    L3,
+    L4,
+    L5,
+    L6,
+    L7,
+    L8,
+    L9,
+    L10,
+    L11,
+    L12,
+    L13,
+    L14,
+    L15,
+}
+
+const INLINE_LENS: [InlineLen; INLINE + 1] = [
+    InlineLen::L0,
+    InlineLen::L1,
+    InlineLen::L2,
+    InlineLen::L3,
+    InlineLen::L4,
+    InlineLen::L5,
+    InlineLen::L6,
+    InlineLen::L7,
+    InlineLen::L8,
+    InlineLen::L9,
+    InlineLen::L10,
+    InlineLen::L11,
+    InlineLen::L12,
+    InlineLen::L13,
+    InlineLen::L14,
+    InlineLen::L15,
+];
+
+/// A stored entry name, kept by every node and lower object (one per entry
+/// the kernel caches, so its size counts): up to 15 bytes inline, longer
+/// names in one shared heap copy that clones point to. 16 bytes either way.
+#[derive(Clone)]
+pub struct NameBuf(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline(InlineLen, [u8; INLINE]),
+    Heap(std::sync::Arc<Box<[u8]>>),
+}
+
+impl NameBuf {
+    pub fn new(name: &[u8]) -> NameBuf {
+        match INLINE_LENS.get(name.len()) {
+            Some(&len) => {
+                let mut buf = [0u8; INLINE];
+                buf[..name.len()].copy_from_slice(name);
+                NameBuf(Repr::Inline(len, buf))
+            }
+            None => NameBuf(Repr::Heap(std::sync::Arc::new(name.into()))),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline(len, buf) => &buf[..*len as usize],
+            Repr::Heap(b) => b,
+        }
+    }
+}
+
+impl Default for NameBuf {
+    fn default() -> Self {
+        NameBuf::new(b"")
+    }
+}
+
+impl std::ops::Deref for NameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl From<&[u8]> for NameBuf {
+    fn from(name: &[u8]) -> NameBuf {
+        NameBuf::new(name)
+    }
+}
+
+impl PartialEq for NameBuf {
+    fn eq(&self, other: &NameBuf) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for NameBuf {}
+
+impl std::hash::Hash for NameBuf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+impl std::fmt::Debug for NameBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", OsStr::from_bytes(self.as_bytes()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +205,19 @@ mod tests {
         assert_eq!(Name::new(b"..").unwrap_err(), Errno::EINVAL);
         assert_eq!(Name::new(b"a/b").unwrap_err(), Errno::EINVAL);
         assert_eq!(Name::new(b"a\0b").unwrap_err(), Errno::EINVAL);
+    }
+
+    #[test]
+    fn stored_names_keep_their_bytes() {
+        assert_eq!(std::mem::size_of::<NameBuf>(), 16);
+        for len in [0, 1, 14, 15, 16, 40, 255] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let n = NameBuf::new(&bytes);
+            assert_eq!(n.as_bytes(), bytes.as_slice());
+            assert_eq!(n.clone(), n);
+            assert_eq!(&*n, bytes.as_slice());
+        }
+        assert_ne!(NameBuf::new(b"abc"), NameBuf::new(b"abd"));
+        assert_ne!(NameBuf::new(&[b'a'; 20]), NameBuf::new(&[b'a'; 21]));
     }
 }

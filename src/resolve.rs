@@ -119,17 +119,23 @@ impl Found {
     /// The state of a node standing for this object, known as `alias`.
     pub fn node_state(&self, alias: Alias) -> NodeState {
         NodeState {
-            aliases: vec![alias],
-            upper: self.upper,
+            aliases: crate::node::Aliases::one(alias),
+            upper: self.upper.into(),
             lowers: self.lowers.clone().into(),
             stack_checked: self.stack_checked,
             opaque: self.opaque,
             impure: self.impure,
             xattr_whiteouts: self.xattr_whiteouts,
-            redirect: self.redirect.clone(),
-            metacopy: self.metacopy.clone(),
             unlinked: false,
         }
+    }
+
+    /// A node standing for this object, known as `alias`.
+    pub fn node(&self, ino: u64, alias: Alias) -> Node {
+        let node = Node::new(ino, self.kind, self.node_state(alias));
+        node.set_redirect(self.redirect.clone());
+        node.set_metacopy(self.metacopy.clone());
+        node
     }
 
     /// An object that exists only in the upper layer.
@@ -389,7 +395,7 @@ impl Plyfs {
                         stop = false;
                         positions = roots()
                             .into_iter()
-                            .filter(|l| l.layer > obj.layer)
+                            .filter(|l| l.layer() > obj.layer())
                             .collect();
                         i = 0;
                     }
@@ -480,7 +486,7 @@ impl Plyfs {
         };
         if let Some(o) = f.origin.as_deref().and_then(origin::decode) {
             for l in &f.lowers {
-                let magic = self.lowers.get(l.layer).map(|x| x.fs_magic).unwrap_or(0);
+                let magic = self.lowers.get(l.layer()).map(|x| x.fs_magic).unwrap_or(0);
                 if o.inode_number(magic) == Some(l.ino) {
                     return Ok((l.dev, l.ino));
                 }
@@ -541,34 +547,30 @@ impl Plyfs {
                 if s.unlinked {
                     return false;
                 }
-                match (s.upper, f.upper) {
+                match (s.upper.get(), f.upper) {
                     (Some(a), Some(b)) => a == b,
                     (None, None) => {
-                        s.lowers.first().map(|l| (l.dev, l.ino))
-                            == f.lowers.first().map(|l| (l.dev, l.ino))
+                        s.lowers.top_ident() == f.lowers.first().map(|l| (l.dev, l.ino))
                     }
                     // A name still showing the lower object of a node that
                     // was copied up through another hard link.
                     (Some(_), None) => {
                         sibling = !n.is_dir()
-                            && s.lowers.first().map(|l| (l.dev, l.ino))
-                                == f.lowers.first().map(|l| (l.dev, l.ino));
+                            && s.lowers.top_ident() == f.lowers.first().map(|l| (l.dev, l.ino));
                         sibling
                     }
                     // The upper copy of this very node, found before the
                     // copy-up that made it recorded it (or after a remount
                     // by another mount): its origin is the node's lower object.
-                    (None, Some(_)) => {
-                        origin.is_some() && s.lowers.first().map(|l| (l.dev, l.ino)) == origin
-                    }
+                    (None, Some(_)) => origin.is_some() && s.lowers.top_ident() == origin,
                 }
             },
-            || Node::new(ino, f.kind, f.node_state(alias.clone())),
+            || f.node(ino, alias.clone()),
         );
         node.add_alias(alias);
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
             // Copied up by a thread that has not recorded it yet.
-            node.state.write().upper = f.upper;
+            node.state.write().upper = f.upper.into();
         }
         let attr = if sibling {
             if !self.read_only()

@@ -6,17 +6,104 @@
 //! generation, and the lookup count carries over so that late FORGETs for the
 //! old generation still balance.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
+use parking_lot::RwLock;
 
 use crate::node::Node;
 
+/// A node in the table with the kernel's lookup count. Found by node id
+/// (the node's own `ino`, not stored twice): one table entry is a pointer
+/// and a count, which matters with a node per cached entry.
 struct Slot {
     node: Arc<Node>,
-    lookups: u64,
+    /// Changed only under the shard's write lock.
+    lookups: AtomicU64,
+}
+
+impl Slot {
+    fn new(node: Arc<Node>, lookups: u64) -> Slot {
+        Slot {
+            node,
+            lookups: AtomicU64::new(lookups),
+        }
+    }
+
+    fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    fn set_lookups(&self, n: u64) {
+        self.lookups.store(n, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, other: &Slot) -> bool {
+        self.node.ino == other.node.ino
+    }
+}
+
+impl Eq for Slot {}
+
+impl Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.node.ino.hash(state)
+    }
+}
+
+impl std::borrow::Borrow<u64> for Slot {
+    fn borrow(&self) -> &u64 {
+        &self.node.ino
+    }
+}
+
+/// Hashes node ids (already unique numbers) with a cheap mix.
+#[derive(Clone, Copy, Default)]
+struct IdHash;
+
+struct IdHasher(u64);
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer.
+        let mut h = self.0;
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^ (h >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type Shard = RwLock<HashSet<Slot, IdHash>>;
+
+const SHARDS: usize = 64;
+
+/// The shard of node id `ino` (other bits than the ones the shard's own
+/// hash table uses).
+fn shard_of(ino: u64) -> usize {
+    (ino.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
 }
 
 /// One reference on a node in the table, taken by plyfs: either for its
@@ -54,9 +141,8 @@ impl Held<'_> {
     }
 }
 
-#[derive(Default)]
 pub struct Table {
-    map: DashMap<u64, Slot>,
+    shards: Box<[Shard]>,
     /// Nodes in the table, and the largest count since memory was last
     /// handed back.
     live: AtomicUsize,
@@ -64,24 +150,37 @@ pub struct Table {
     forgets: AtomicUsize,
 }
 
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            live: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            forgets: AtomicUsize::new(0),
+        }
+    }
+}
+
 impl Table {
     pub fn new() -> Table {
         Table::default()
     }
 
+    fn shard(&self, ino: u64) -> &Shard {
+        &self.shards[shard_of(ino)]
+    }
+
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
-        self.map.get(&ino).map(|s| s.node.clone())
+        self.shard(ino).read().get(&ino).map(|s| s.node.clone())
     }
 
     /// Installs a node that is never forgotten (the root).
     pub fn insert_pinned(&self, node: Arc<Node>) {
-        self.map.insert(
-            node.ino,
-            Slot {
-                node,
-                lookups: u64::MAX / 2,
-            },
-        );
+        let mut shard = self.shard(node.ino).write();
+        if shard.replace(Slot::new(node, u64::MAX / 2)).is_none() {
+            drop(shard);
+            self.added();
+        }
     }
 
     /// Takes one reference on the node for `ino`. If a node with that id
@@ -94,28 +193,28 @@ impl Table {
         same: impl FnOnce(&Arc<Node>) -> bool,
         make: impl FnOnce() -> Node,
     ) -> Held<'_> {
-        let (node, replaced) = match self.map.entry(ino) {
-            MapEntry::Occupied(mut e) => {
-                let slot = e.get_mut();
-                slot.lookups = slot.lookups.saturating_add(1);
+        let mut shard = self.shard(ino).write();
+        let (node, replaced) = match shard.get(&ino) {
+            Some(slot) => {
+                let lookups = slot.lookups().saturating_add(1);
                 if same(&slot.node) {
+                    slot.set_lookups(lookups);
                     (slot.node.clone(), None)
                 } else {
                     let new = Arc::new(make());
-                    let old = std::mem::replace(&mut slot.node, new.clone());
-                    (new, Some(old))
+                    let old = shard.replace(Slot::new(new.clone(), lookups));
+                    (new, old)
                 }
             }
-            MapEntry::Vacant(e) => {
+            None => {
                 let node = Arc::new(make());
-                e.insert(Slot {
-                    node: node.clone(),
-                    lookups: 1,
-                });
+                shard.insert(Slot::new(node.clone(), 1));
+                drop(shard);
                 self.added();
-                (node, None)
+                return self.held(node);
             }
         };
+        drop(shard);
         // The replaced node may hold the last reference to other nodes'
         // objects: drop it after the shard lock is released.
         drop(replaced);
@@ -133,37 +232,52 @@ impl Table {
     /// Takes one more reference on a node already in the table.
     pub fn hold(&self, ino: u64) -> Option<Held<'_>> {
         let node = {
-            let mut slot = self.map.get_mut(&ino)?;
-            slot.lookups = slot.lookups.saturating_add(1);
+            let shard = self.shard(ino).write();
+            let slot = shard.get(&ino)?;
+            slot.set_lookups(slot.lookups().saturating_add(1));
             slot.node.clone()
         };
         Some(self.held(node))
     }
 
-    /// Gives back `n` kernel references; the node leaves the table at zero.
-    pub fn forget(&self, ino: u64, n: u64) {
-        let removed = self.map.remove_if_mut(&ino, |_, slot| {
-            slot.lookups = slot.lookups.saturating_sub(n);
-            slot.lookups == 0
-        });
-        if removed.is_some() {
-            drop(removed);
-            self.live.fetch_sub(1, Ordering::Relaxed);
-            self.maybe_release_memory();
-        }
+    /// Gives back `n` kernel references; the node leaves the table at zero
+    /// and is returned.
+    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Node>> {
+        let removed = {
+            let mut shard = self.shard(ino).write();
+            let slot = shard.get(&ino)?;
+            let left = slot.lookups().saturating_sub(n);
+            slot.set_lookups(left);
+            if left > 0 {
+                return None;
+            }
+            let removed = shard.take(&ino);
+            // Hand the table's own memory back once it is mostly empty.
+            if shard.capacity() > 4 * shard.len() + 64 {
+                shard.shrink_to_fit();
+            }
+            removed
+        };
+        let node = removed.map(|s| s.node)?;
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        self.maybe_release_memory();
+        Some(node)
     }
 
     /// When the kernel has forgotten most of a large tree (memory pressure,
     /// drop_caches), hands the freed heap back to the system: the allocator
-    /// would otherwise keep the peak.
+    /// would otherwise keep the peak. Each halving of the table trims, down
+    /// to small tables: the nodes forgotten last (directories, whose
+    /// children went first) are spread over the whole heap, and each keeps
+    /// a page resident until it goes too.
     fn maybe_release_memory(&self) {
-        const EVERY: usize = 4096;
+        const EVERY: usize = 256;
         if self.forgets.fetch_add(1, Ordering::Relaxed) % EVERY != EVERY - 1 {
             return;
         }
         let len = self.live.load(Ordering::Relaxed);
         let peak = self.peak.load(Ordering::Relaxed);
-        if peak >= 2 * EVERY && len < peak / 2 {
+        if peak >= 4 * EVERY && len < peak / 2 {
             self.peak.store(len, Ordering::Relaxed);
             crate::sys::process::malloc_trim();
         }
@@ -180,19 +294,25 @@ impl Table {
     /// Directory nodes, referenced (for scans that must not hold the map's
     /// shard locks while they look inside nodes).
     pub fn dirs(&self) -> Vec<Arc<Node>> {
-        self.map
-            .iter()
-            .filter(|s| s.node.is_dir())
-            .map(|s| s.node.clone())
-            .collect()
+        let mut v = Vec::new();
+        for shard in self.shards.iter() {
+            v.extend(
+                shard
+                    .read()
+                    .iter()
+                    .filter(|s| s.node.is_dir())
+                    .map(|s| s.node.clone()),
+            );
+        }
+        v
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 

@@ -229,7 +229,7 @@ enum Mode {
 /// files too with `passthrough=all`.
 fn choose(fs: &Plyfs, f: &OpenFile, open: impl FnOnce() -> std::io::Result<BackingId>) -> Mode {
     let upper = f.is_on_upper();
-    let mut io = f.node.io.lock();
+    let mut io = f.node.side().io.lock();
     if io.cached_opens > 0 {
         io.cached_opens += 1;
         f.cached.store(true, Ordering::Relaxed);
@@ -263,7 +263,7 @@ fn choose(fs: &Plyfs, f: &OpenFile, open: impl FnOnce() -> std::io::Result<Backi
 /// Called when a handle is released.
 pub fn released(f: &OpenFile) {
     if f.cached.load(Ordering::Relaxed) {
-        let mut io = f.node.io.lock();
+        let mut io = f.node.side().io.lock();
         io.cached_opens = io.cached_opens.saturating_sub(1);
     }
 }

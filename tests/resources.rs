@@ -301,3 +301,105 @@ fn memory_stays_flat_over_create_remove_cycles() {
     );
     assert_no_panic(&m);
 }
+
+/// Waits (dropping caches again now and then) until the daemon's resident
+/// memory is at most `limit` KiB; returns the last figure.
+fn settle_rss(pid: u32, limit: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = rss_kib(pid);
+        if n <= limit || Instant::now() > deadline {
+            return n;
+        }
+        drop_caches();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The daemon's resident memory once it stops changing (FORGETs arrive a
+/// while after the kernel evicts).
+fn steady_rss(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_kib(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let n = rss_kib(pid);
+        if n == last || Instant::now() > deadline {
+            return n;
+        }
+        last = n;
+    }
+}
+
+/// A walk of a tree of many small directories holds a node per entry while
+/// the kernel caches them; once the kernel forgets (drop_caches) the daemon
+/// hands the memory back and closes its descriptors, and the next walk
+/// works as well. The figures per entry are the benchmark's (`scale`); this
+/// only checks that memory and descriptors follow the kernel's cache.
+#[test]
+fn memory_and_fds_come_back_after_a_big_walk() {
+    if !require_root("memory_and_fds_come_back_after_a_big_walk") {
+        return;
+    }
+    const DIRS: usize = 400;
+    const PER_DIR: usize = 100;
+    let l = Layers::new(1);
+    for d in 0..DIRS {
+        let dir = l.lower(0).join(format!("d{d:04}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..PER_DIR {
+            std::fs::File::create(dir.join(format!("f{f:03}"))).unwrap();
+        }
+    }
+    let m = l.mount();
+    let pid = m.pid();
+    let walk = || {
+        let mut count = 0;
+        for d in std::fs::read_dir(&m.mnt).unwrap() {
+            let d = d.unwrap().path();
+            count += 1;
+            for f in std::fs::read_dir(&d).unwrap() {
+                let md = std::fs::symlink_metadata(f.unwrap().path()).unwrap();
+                assert_eq!(md.len(), 0);
+                count += 1;
+            }
+        }
+        assert_eq!(count, DIRS * (PER_DIR + 1));
+    };
+    // A first walk and forget: allocator arenas and thread stacks exist
+    // from then on, what follows measures the nodes.
+    walk();
+    drop_caches();
+    let base_fds = settle_fds(pid, 64);
+    let base = steady_rss(pid);
+    walk();
+    let walked = rss_kib(pid);
+    let walk_fds = fd_count(pid);
+    // The kernel holds every entry now: the daemon must hold their nodes.
+    let grown = walked.saturating_sub(base);
+    eprintln!(
+        "RSS {base} KiB -> {walked} KiB after walking {} entries, fds {base_fds} -> {walk_fds}",
+        DIRS * (PER_DIR + 1)
+    );
+    assert!(grown > 0, "no node memory measured: {base} -> {walked} KiB");
+    assert!(
+        walk_fds <= base_fds + DIRS + 16,
+        "more descriptors than directories: {base_fds} -> {walk_fds}"
+    );
+    drop_caches();
+    let fds = settle_fds(pid, base_fds + 16);
+    let limit = base + grown / 4 + 1024;
+    let after = settle_rss(pid, limit);
+    eprintln!("after drop_caches: RSS {after} KiB (limit {limit}), fds {fds}");
+    assert!(
+        fds <= base_fds + 16,
+        "descriptors not closed: {base_fds} -> {walk_fds} -> {fds}"
+    );
+    assert!(
+        after <= limit,
+        "memory not handed back: {base} KiB -> {walked} KiB -> {after} KiB"
+    );
+    // Still fully usable after forgetting.
+    walk();
+    assert_no_panic(&m);
+}

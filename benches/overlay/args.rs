@@ -171,6 +171,10 @@ pub(crate) struct Config {
     /// Skip the daemon memory / fd report.
     #[arg(long)]
     pub(crate) no_mem: bool,
+    /// File counts of the trees of `--only scale` (daemon memory on walks
+    /// of large trees; not in the default run).
+    #[arg(long, value_name = "S1,S2", default_value = "300k,1m")]
+    pub(crate) scale_sizes: String,
     /// Do not count the FUSE requests plyfs serves per workload (counted
     /// from the daemon's counters, SIGUSR1, before and after each run).
     #[arg(long)]

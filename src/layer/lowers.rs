@@ -166,7 +166,7 @@ impl LowerRef {
     /// or for a metacopy file the end of its chain (a lower layer or a
     /// data-only one).
     pub fn open_data(&self) -> Result<OwnedFd, Errno> {
-        let meta = self.node.state.read().metacopy.clone();
+        let meta = self.node.metacopy();
         if let Some(d) = meta {
             return self.fs.open_metacopy_data(&d, libc::O_RDONLY);
         }

@@ -71,7 +71,7 @@ impl Plyfs {
             if !node.is_dir() {
                 return Err(Errno::ENOTDIR);
             }
-            let l = self.current_listing(&node)?;
+            let l = self.listing_from(&node, offset == 0)?;
             return Ok((node, l));
         };
         let mut g = h.listing.lock();
@@ -80,20 +80,24 @@ impl Plyfs {
         {
             return Ok((h.node.clone(), l.clone()));
         }
-        let l = self.current_listing(&h.node)?;
+        let l = self.listing_from(&h.node, true)?;
         *g = Some(l.clone());
         Ok((h.node.clone(), l))
     }
 
-    /// The directory's listing at its current version (cached in the node).
+    /// The directory's listing at its current version (see `listcache`).
     pub fn current_listing(&self, dir: &Arc<Node>) -> Result<Arc<Listing>> {
-        let mut cache = dir.listing.lock();
-        let current = dir.version.load(Ordering::Relaxed);
-        if let Some(l) = cache.as_ref().filter(|l| l.version == current) {
-            return Ok(l.clone());
+        self.listing_from(dir, true)
+    }
+
+    /// The current listing for a read starting at the beginning (`restart`)
+    /// or continuing a read.
+    fn listing_from(&self, dir: &Arc<Node>, restart: bool) -> Result<Arc<Listing>> {
+        if let Some(l) = self.listings.get(dir, restart) {
+            return Ok(l);
         }
         let l = Arc::new(self.build_listing(dir)?);
-        *cache = Some(l.clone());
+        self.listings.put(dir, l.clone());
         Ok(l)
     }
 
@@ -144,9 +148,10 @@ impl Plyfs {
                 name: e.name.clone(),
             };
             if !add(item) {
-                break;
+                return Ok(());
             }
         }
+        self.listings.done(&dir);
         Ok(())
     }
 
@@ -193,10 +198,11 @@ impl Plyfs {
         // Decided once per listing: names-only entries for non-directories?
         let names_only = if offset <= DOTDOT_OFFSET {
             let n = self.plus.start_listing();
-            dir.lazy_listed.store(n, Ordering::Relaxed);
+            dir.side().lazy_listed.store(n, Ordering::Relaxed);
             n
         } else {
-            dir.lazy_listed.load(Ordering::Relaxed)
+            dir.side_if_any()
+                .is_some_and(|s| s.lazy_listed.load(Ordering::Relaxed))
         };
         let mut added = 0usize;
         for e in &l.entries[l.first_after(offset)..] {
@@ -208,7 +214,7 @@ impl Plyfs {
                     name: e.name.clone(),
                 };
                 if !add(&item, PlusEntry::NamesOnly) {
-                    break;
+                    return Ok(refs);
                 }
                 added += 1;
                 continue;
@@ -222,7 +228,7 @@ impl Plyfs {
                 Err(err) if err.code() == libc::ENOENT => continue,
                 Err(err) if added > 0 => {
                     log::debug!("listing {dir:?} stops at {:?}: {err:?}", e.name);
-                    break;
+                    return Ok(refs);
                 }
                 Err(err) => return Err(err),
             };
@@ -234,11 +240,12 @@ impl Plyfs {
             };
             if !add(&item, PlusEntry::Full(&attr, node.generation)) {
                 // Dropped: the reference goes back.
-                break;
+                return Ok(refs);
             }
             added += 1;
             refs.push(node);
         }
+        self.listings.done(&dir);
         Ok(refs)
     }
 

@@ -69,7 +69,7 @@ impl Plyfs {
             self.copy_up_with_data(node, flags & libc::O_TRUNC != 0)?;
         }
         let real = self.real_open_flags(flags);
-        let meta = node.state.read().metacopy.clone();
+        let meta = node.metacopy();
         let fd = if let Some(d) = meta.filter(|_| !wants_write(flags)) {
             // A metacopy file: its data is in another layer.
             self.open_metacopy_data(&d, real)?

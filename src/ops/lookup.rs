@@ -20,8 +20,8 @@ impl Plyfs {
             Lookup::Found(f) => {
                 if !f.is_dir()
                     && parent
-                        .lazy_listed
-                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .side_if_any()
+                        .is_some_and(|s| s.lazy_listed.load(std::sync::atomic::Ordering::Relaxed))
                 {
                     // A walk stats the entries of a names-only listing.
                     self.plus.hit();
@@ -33,7 +33,11 @@ impl Plyfs {
     }
 
     pub fn do_forget(&self, ino: u64, n: u64) {
-        self.table.forget(ino, n);
+        if let Some(node) = self.table.forget(ino, n)
+            && node.is_dir()
+        {
+            self.listings.forget(ino, node.generation);
+        }
     }
 
     pub fn do_getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr> {

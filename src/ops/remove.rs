@@ -143,7 +143,7 @@ impl Plyfs {
     /// forgets the old node. Released when the node is dropped.
     pub fn pin_inode(&self, node: &Node, dir: std::os::fd::BorrowedFd<'_>, name: &Name) {
         match sys::fs::open_path(dir, name.as_cstr()) {
-            Ok(fd) => *node.pin.lock() = Some(Arc::new(fd)),
+            Ok(fd) => *node.side().pin.lock() = Some(Arc::new(fd)),
             Err(e) => log::debug!("cannot pin {node:?}: {e:?}"),
         }
     }
@@ -200,7 +200,7 @@ impl Plyfs {
             parent: parent.ino,
             name: name.as_bytes().into(),
         };
-        let probe = Arc::new(Node::new(0, libc::S_IFDIR, f.node_state(alias)));
+        let probe = Arc::new(f.node(0, alias));
         Ok(self.build_listing(&probe)?.entries.is_empty())
     }
 }

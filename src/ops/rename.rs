@@ -79,7 +79,7 @@ impl Plyfs {
         }
         let _locks = lock_dirs(&parent, &newparent);
         let sf = self.resolve_found(&parent, name)?;
-        if sf.upper.is_none() || sf.upper != src.state.read().upper {
+        if sf.upper.is_none() || sf.upper != src.state.read().upper.get() {
             // Changed since we copied it up: let the caller retry.
             return Err(Errno::ENOENT);
         }
@@ -306,7 +306,7 @@ impl Plyfs {
         if dir.state.read().lowers.is_empty() {
             return Ok(());
         }
-        let existing = dir.state.read().redirect.clone();
+        let existing = dir.redirect();
         let value: Vec<u8> = match existing {
             Some(r) if same_parent || r.first() == Some(&b'/') => r.to_vec(),
             None if same_parent => name.as_bytes().to_vec(),
@@ -317,7 +317,7 @@ impl Plyfs {
         }
         let attr = self.cfg.prefix.name(ovl_xattr::REDIRECT);
         sys::xattr::set_at(pfd.as_fd(), name.as_cstr(), &attr, &value, 0)?;
-        dir.state.write().redirect = Some(value.into());
+        dir.set_redirect(Some(value.into()));
         self.kernel.attrs_changed(dir.ino);
         Ok(())
     }
