@@ -87,6 +87,9 @@ impl Plyfs {
             return Ok(());
         }
         self.upper_layer()?;
+        // A node from before a change of the lower layers no longer shown
+        // at its name loses the name here: it must not be copied up there.
+        self.refresh(node);
         let mut missing: Vec<Arc<Node>> = Vec::new();
         let mut cur = node.clone();
         loop {
@@ -346,6 +349,7 @@ impl Plyfs {
 
     fn lower_uuid_for(&self, dev: u64) -> [u8; 16] {
         self.lowers
+            .load()
             .iter()
             .find(|l| l.root.dev == dev)
             .map(|l| l.uuid)

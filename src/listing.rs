@@ -367,6 +367,7 @@ impl Plyfs {
             xattr_whiteouts: e.xattr_whiteouts,
             origin: e.origin.clone(),
             redirect: e.redirect.clone(),
+            generation: 0,
         })
     }
 

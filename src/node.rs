@@ -50,6 +50,9 @@ pub struct NodeState {
     pub redirect: Option<Box<[u8]>>,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
+    /// Generation of the lower-layer list `lowers` was found with (see
+    /// `layers_live`); 0: the list at mount, or not known.
+    pub layers_gen: u64,
 }
 
 pub struct Node {

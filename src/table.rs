@@ -187,6 +187,11 @@ impl Table {
             .collect()
     }
 
+    /// Every node, referenced (see [`Table::dirs`]).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        self.map.iter().map(|s| s.node.clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
