@@ -88,9 +88,11 @@ fn wait_for_child(rd: OwnedFd, pid: libc::pid_t) -> i32 {
     if msg == b"ok" {
         return 0;
     }
+    // The mount failed: wait until the child is gone (it still undoes what
+    // it prepared), so that nothing of it outlives this command.
+    let code = sys::process::waitpid(pid).unwrap_or(1);
     let text = String::from_utf8_lossy(&msg);
     if text.is_empty() {
-        let code = sys::process::waitpid(pid).unwrap_or(1);
         eprintln!("plyfs: the mount process exited (status {code}) before the mount was ready");
     } else {
         eprintln!("plyfs: {text}");
@@ -230,6 +232,11 @@ fn mount(
                 return Err(msg);
             }
             fs.kernel.connect(Box::new(s.notifier()));
+            if let Some(u) = &fs.upper
+                && let Err(e) = u.work.clean_leftovers()
+            {
+                log::warn!("cannot clear the work directory of an earlier mount: {e:?}");
+            }
             if let Some(u) = fs.upper.as_ref().filter(|_| fs.cfg.volatile)
                 && let Err(e) = crate::workdir::mark_volatile(&u.work)
             {

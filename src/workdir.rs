@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::names::Name;
-use crate::rmtree::{clean_dir, remove_tree};
+use crate::rmtree::remove_tree;
 use crate::sys::{self, Errno};
 
 pub const WORK: &CStr = c"work";
@@ -40,7 +40,8 @@ pub struct WorkDir {
 }
 
 impl WorkDir {
-    /// Creates `WORKDIR/work` if needed and empties it.
+    /// Creates `WORKDIR/work` if needed. Leftovers of an earlier mount are
+    /// removed once this one is live ([`WorkDir::clean_leftovers`]).
     pub fn prepare(base: OwnedFd) -> Result<WorkDir, Errno> {
         let created = match sys::fs::mkdirat(base.as_fd(), WORK, 0o700) {
             Ok(()) => true,
@@ -48,7 +49,6 @@ impl WorkDir {
             Err(e) => return Err(e),
         };
         let work = sys::fs::open_dir_path(base.as_fd(), WORK)?;
-        clean_dir(work.as_fd())?;
         Ok(WorkDir {
             base,
             work: Arc::new(work),
@@ -59,6 +59,38 @@ impl WorkDir {
             reaper_thread: Mutex::new(None),
             created,
         })
+    }
+
+    /// Moves what an earlier mount left in the work directory (staged
+    /// objects of a crash) into one fresh directory and removes that in the
+    /// background: a huge or deep leftover must not delay the mount, and
+    /// its names must not collide with this mount's. Called once the mount
+    /// is live and before it serves (a failed mount writes nothing).
+    pub fn clean_leftovers(&self) -> Result<(), Errno> {
+        let names = {
+            let open = sys::fs::openat(self.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let mut names = Vec::new();
+            sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
+            names
+        };
+        if names.is_empty() {
+            return Ok(());
+        }
+        let gc = loop {
+            let n = self.temp_name()?;
+            match sys::fs::mkdirat(self.fd(), n.as_cstr(), 0o700) {
+                Ok(()) => break n,
+                Err(e) if e.code() == libc::EEXIST => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let gcfd = sys::fs::open_dir_path(self.fd(), gc.as_cstr())?;
+        for n in names {
+            let name = Name::new(&n)?;
+            sys::fs::renameat2(self.fd(), name.as_cstr(), gcfd.as_fd(), name.as_cstr(), 0)?;
+        }
+        self.discard_later(&gc);
+        Ok(())
     }
 
     /// Undoes [`WorkDir::prepare`] after a failed mount.

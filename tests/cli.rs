@@ -1449,3 +1449,43 @@ fn help_lists_every_option_of_the_readme() {
     }
     assert!(checked > 20, "only {checked} options found in README");
 }
+
+/// `plyfs man` and `plyfs completions` come from the clap definitions: the
+/// page names every mount option of --help and every subcommand.
+#[test]
+fn man_page_and_completions() {
+    let man = run(plyfs(["man"]));
+    assert_eq!(man.code(), Some(0), "{}", man.stderr);
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH plyfs 1"),
+        "{}",
+        man.stdout
+    );
+    for word in [
+        "lowerdir=",
+        "redirect_dir=",
+        "passthrough=",
+        "plyfs\\-diff(1)",
+        "plyfs\\-apply(1)",
+    ] {
+        assert!(man.stdout.contains(word), "man page lacks {word:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(plyfs([
+        OsStr::new("man"),
+        OsStr::new("--dir"),
+        dir.path().as_os_str(),
+    ]));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    for page in ["plyfs.1", "plyfs-diff.1", "plyfs-apply.1"] {
+        assert!(dir.path().join(page).exists(), "{page} not written");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let c = run(plyfs(["completions", shell]));
+        assert_eq!(c.code(), Some(0), "{shell}: {}", c.stderr);
+        assert!(
+            c.stdout.contains("diff") && c.stdout.contains("lower"),
+            "{shell}"
+        );
+    }
+}

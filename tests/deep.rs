@@ -177,13 +177,23 @@ fn deep_leftover_in_workdir_is_cleaned() {
     let bottom = fdtree::chain(&l.work.join("work"), "#plyfs.left", 20_000).unwrap();
     bottom.write("f", write_flags(), b"x").unwrap();
     drop(bottom);
+    // The mount does not wait for the leftover: it goes in the background.
     let m = l.mount();
-    assert_alive(&m);
-    let left: Vec<_> = std::fs::read_dir(l.work.join("work"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    std::fs::write(m.mnt.join("new"), b"n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let left = loop {
+        let left: Vec<_> = std::fs::read_dir(l.work.join("work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| !n.to_string_lossy().starts_with("#plyfs.whiteout"))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     assert!(left.is_empty(), "work dir still holds {left:?}");
+    assert_alive(&m);
 }
 
 /// With few descriptors allowed, cached directory descriptors are evicted

@@ -1401,9 +1401,21 @@ impl RootlessEnv {
             env.fuse_mode = Some(mode);
         }
         if passwd_entry(TEST_USER).is_none() {
+            // A group left by an interrupted run is reused.
+            let group_left = Command::new("getent")
+                .args(["group", TEST_USER])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            let group = if group_left {
+                ["-g", TEST_USER]
+            } else {
+                ["--user-group", "-M"]
+            };
             let out = Command::new("useradd")
                 .args(["--no-create-home", "--home-dir", "/nonexistent"])
-                .args(["--shell", "/usr/sbin/nologin", "--user-group", TEST_USER])
+                .args(["--shell", "/usr/sbin/nologin"])
+                .args(group)
+                .arg(TEST_USER)
                 .output()
                 .expect("useradd");
             assert!(
@@ -1469,6 +1481,8 @@ impl Drop for RootlessEnv {
     fn drop(&mut self) {
         if self.created {
             let _ = Command::new("userdel").arg(TEST_USER).output();
+            // userdel keeps a group it did not make with the user.
+            let _ = Command::new("groupdel").arg(TEST_USER).output();
         }
         for (file, orig) in &self.saved {
             let now = std::fs::read(file).ok();

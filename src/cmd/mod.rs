@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 pub mod apply;
 pub mod diff;
+pub mod docs;
 pub mod layer;
 pub mod status;
 
@@ -40,6 +41,14 @@ pub const TABLE: &[Entry] = &[
         name: "layer",
         about: "add a lower layer to a live mount (layer add MNT DIR), or remove one",
     },
+    Entry {
+        name: "man",
+        about: "print the manual page plyfs(1)",
+    },
+    Entry {
+        name: "completions",
+        about: "print shell completions (bash, zsh, fish, elvish, powershell)",
+    },
 ];
 
 #[derive(Parser, Debug)]
@@ -48,7 +57,7 @@ pub const TABLE: &[Entry] = &[
     version,
     about = "plyfs layer and maintenance commands"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +68,8 @@ enum Command {
     Apply(apply::Args),
     Status(status::Args),
     Layer(layer::Args),
+    Man(docs::ManArgs),
+    Completions(docs::CompletionsArgs),
 }
 
 /// Whether the command line names a subcommand. A mount(8) call whose
@@ -117,6 +128,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Apply(a) => apply::run(a),
         Command::Status(a) => status::run(a),
         Command::Layer(a) => layer::run(a),
+        Command::Man(a) => docs::man(a),
+        Command::Completions(a) => docs::completions(a),
     };
     match res {
         Ok(code) => code,
