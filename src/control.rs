@@ -170,8 +170,8 @@ impl Drop for Server {
             let _ = t.join();
         }
         // Only our own socket: a later mount may have taken the name.
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == self.ident);
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.ident);
         if ours {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -199,7 +199,8 @@ fn serve(fs: &Arc<Plyfs>, listener: &UnixListener, uid: u32) {
 fn handle(fs: &Arc<Plyfs>, mut stream: UnixStream, uid: u32) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let peer = sys::socket::peer_cred(stream.as_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.code()))?;
+    let peer = sys::socket::peer_cred(stream.as_fd())
+        .map_err(|e| std::io::Error::from_raw_os_error(e.code()))?;
     if peer.uid != uid && peer.uid != 0 {
         log::warn!(
             "control socket: refused uid {} (pid {}): only the mount's owner (uid {uid}) and root may use it",
@@ -346,7 +347,9 @@ pub fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
         let (Some(id), Some(parent)) = (num(f[0]), num(f[1])) else {
             continue;
         };
-        let Some((maj, min)) = std::str::from_utf8(f[2]).ok().and_then(|d| d.split_once(':'))
+        let Some((maj, min)) = std::str::from_utf8(f[2])
+            .ok()
+            .and_then(|d| d.split_once(':'))
         else {
             continue;
         };

@@ -152,12 +152,19 @@ impl Plyfs {
             log::warn!("lower object of {node:?} changed type under the mount");
             return Err(Errno::ESTALE);
         }
+        // The copy's space is taken before it is made (see `quota`); given
+        // back if it is not placed.
+        let charge = self.quota_copy(&st, data)?;
         let tmp = work.temp_name()?;
         let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data);
         if let Err(e) = staged {
             work.discard(&tmp);
             return Err(e);
         }
+        let staged_st = match &charge {
+            Some(_) => sys::fs::lstatat(work.fd(), tmp.as_cstr()).ok(),
+            None => None,
+        };
         let pfd = self.upper_dir_fd(parent)?;
         let placed = {
             let _pg = parent.dir_lock.lock();
@@ -175,6 +182,7 @@ impl Plyfs {
                 });
             }
         };
+        self.quota_placed(charge, staged_st.as_ref());
         let ident = (new.dev, new.ino);
         node.state.write().upper = Some(ident);
         self.inos.alias(ident, node.ino);

@@ -262,6 +262,12 @@ fn serve(
     // Keep a quarter of the descriptors for open files and the rest of us.
     crate::fdcache::set_budget_from_limit(limit);
     let _ = sys::process::umask(0);
+    // Before any thread starts (the work-dir reaper, the control thread,
+    // the session's): threads inherit the mask, so SIGUSR1/SIGTERM reach
+    // only the signal thread below instead of killing the process.
+    if let Err(e) = sys::process::block_signals(&SIGNALS) {
+        log::warn!("cannot block signals: {e:?}");
+    }
     // log=FILE is opened first, so that a bad path fails the mount.
     match &req.options.log {
         Some(crate::logging::Target::File(path)) => match crate::logging::open_file(path) {
@@ -315,9 +321,6 @@ fn serve(
         crate::logging::detach();
     }
     report(&mut pipe, b"ok");
-    if let Err(e) = sys::process::block_signals(&SIGNALS) {
-        log::warn!("cannot block signals: {e:?}");
-    }
     let mut unmounter = session.unmount_callable();
     let _ = std::thread::Builder::new()
         .name("plyfs-signals".into())
@@ -358,7 +361,10 @@ fn record_mount(
     let device = match sys::socket::device_at(sys::fs::cwd(), &path) {
         Ok(d) => Some(d),
         Err(e) => {
-            log::warn!("cannot read the device of {}: {e:?}", req.mountpoint.display());
+            log::warn!(
+                "cannot read the device of {}: {e:?}",
+                req.mountpoint.display()
+            );
             None
         }
     };
@@ -384,7 +390,10 @@ fn record_mount(
             .or_else(|| req.source.clone())
             .unwrap_or_else(|| "plyfs".into()),
         options: o.given.join(","),
-        work: o.work.clone(),
+        work: o
+            .work
+            .as_ref()
+            .map(|w| std::path::absolute(w).unwrap_or_else(|_| w.clone())),
         threads: config.n_threads.unwrap_or(1),
     });
     device

@@ -47,7 +47,13 @@ impl Plyfs {
         if let Some(m) = self.link_maps.get(&layer) {
             return Ok(m.clone());
         }
-        let root = self.lowers.load().by_id(layer).ok_or(Errno::EIO)?.root.clone();
+        let root = self
+            .lowers
+            .load()
+            .by_id(layer)
+            .ok_or(Errno::EIO)?
+            .root
+            .clone();
         let mut map = LinkMap::new();
         scan(&root, &mut map)?;
         let map = Arc::new(map);

@@ -71,7 +71,10 @@ impl KernelCache {
     /// The kernel's cached attributes of node `ino` are stale.
     pub fn attrs_changed(&self, ino: u64) {
         if let Some(send) = self.send.get() {
-            report(&format!("the attributes of {ino}"), send.inval_inode(ino, -1, 0));
+            report(
+                &format!("the attributes of {ino}"),
+                send.inval_inode(ino, -1, 0),
+            );
         }
     }
 

@@ -67,7 +67,8 @@ impl StaleDirs {
                 continue;
             }
             if let Some(a) = s.aliases.first() {
-                self.map.insert((a.parent, a.name.clone()), Arc::downgrade(d));
+                self.map
+                    .insert((a.parent, a.name.clone()), Arc::downgrade(d));
             }
         }
         self.active.store(true, Ordering::Release);
@@ -88,6 +89,9 @@ impl StaleDirs {
 }
 
 type Failure = (Errno, String);
+
+/// A node with the lower objects and names it had before a change.
+type Before = (Arc<Node>, Arc<[Arc<LowerObj>]>, Vec<Alias>);
 
 fn fail(e: Errno, msg: impl Into<String>) -> Failure {
     (e, msg.into())
@@ -127,7 +131,11 @@ pub fn add(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
     let st = sys::fs::fstat(fd.as_fd()).map_err(|e| {
         fail(
             e,
-            format!("cannot stat {}: {}", dir.display(), crate::setup::describe(e)),
+            format!(
+                "cannot stat {}: {}",
+                dir.display(),
+                crate::setup::describe(e)
+            ),
         )
     })?;
     let canon = crate::setup::canonical(dir);
@@ -135,7 +143,11 @@ pub fn add(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
         if (l.root.dev, l.root.ino) == (st.dev, st.ino) {
             return Err(fail(
                 Errno::EEXIST,
-                format!("{} is a lower layer already (as {})", dir.display(), l.path.display()),
+                format!(
+                    "{} is a lower layer already (as {})",
+                    dir.display(),
+                    l.path.display()
+                ),
             ));
         }
         let cl = crate::setup::canonical(&l.path);
@@ -165,7 +177,11 @@ pub fn add(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
             if crate::setup::within(&canon, &cp) {
                 return Err(fail(
                     Errno::EINVAL,
-                    format!("{} lies inside the mountpoint {}", dir.display(), p.display()),
+                    format!(
+                        "{} lies inside the mountpoint {}",
+                        dir.display(),
+                        p.display()
+                    ),
                 ));
             }
             continue;
@@ -173,15 +189,28 @@ pub fn add(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
         if crate::setup::within(&canon, &cp) || crate::setup::within(&cp, &canon) {
             return Err(fail(
                 Errno::EINVAL,
-                format!("{} and {what} {} must not be inside each other", dir.display(), p.display()),
+                format!(
+                    "{} and {what} {} must not be inside each other",
+                    dir.display(),
+                    p.display()
+                ),
             ));
         }
     }
     let id = cur
         .id_above()
         .ok_or_else(|| fail(Errno::EOVERFLOW, "no layer ids left"))?;
-    let dirfd = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        .map_err(|e| fail(e, format!("cannot read {}: {}", dir.display(), crate::setup::describe(e))))?;
+    let dirfd =
+        sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|e| {
+            fail(
+                e,
+                format!(
+                    "cannot read {}: {}",
+                    dir.display(),
+                    crate::setup::describe(e)
+                ),
+            )
+        })?;
     let layer = LowerLayer {
         path: dir.to_path_buf(),
         fs_magic: sys::fs::fs_type(fd.as_fd()).unwrap_or(0),
@@ -194,7 +223,11 @@ pub fn add(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
     let mut layers = vec![layer];
     layers.extend(cur.iter().cloned());
     let new = apply(fs, layers, Change::Added(id));
-    log::info!("added lower layer {} on top ({} lower layers)", dir.display(), new.len());
+    log::info!(
+        "added lower layer {} on top ({} lower layers)",
+        dir.display(),
+        new.len()
+    );
     Ok(format!(
         "added {} as the top lower layer ({} lower layers)",
         dir.display(),
@@ -218,20 +251,39 @@ pub fn remove(fs: &Arc<Plyfs>, dir: &Path) -> Result<String, Failure> {
             cur.iter()
                 .find(|l| l.path == dir || crate::setup::canonical(&l.path) == canon)
         })
-        .ok_or_else(|| fail(Errno::ENOENT, format!("{} is not a lower layer of this mount", dir.display())))?;
+        .ok_or_else(|| {
+            fail(
+                Errno::ENOENT,
+                format!("{} is not a lower layer of this mount", dir.display()),
+            )
+        })?;
     if cur.len() == 1 {
-        return Err(fail(Errno::EINVAL, "the only lower layer cannot be removed"));
+        return Err(fail(
+            Errno::EINVAL,
+            "the only lower layer cannot be removed",
+        ));
     }
     let id = layer.root.layer;
     let path = layer.path.clone();
     if let Some(what) = in_use(fs, id) {
-        return Err(fail(Errno::EBUSY, format!("{} is in use: {what}", path.display())));
+        return Err(fail(
+            Errno::EBUSY,
+            format!("{} is in use: {what}", path.display()),
+        ));
     }
     let layers: Vec<LowerLayer> = cur.iter().filter(|l| l.root.layer != id).cloned().collect();
     drop(cur);
     let new = apply(fs, layers, Change::Removed(id));
-    log::info!("removed lower layer {} ({} lower layers)", path.display(), new.len());
-    Ok(format!("removed {} ({} lower layers)", path.display(), new.len()))
+    log::info!(
+        "removed lower layer {} ({} lower layers)",
+        path.display(),
+        new.len()
+    );
+    Ok(format!(
+        "removed {} ({} lower layers)",
+        path.display(),
+        new.len()
+    ))
 }
 
 /// What of layer `id` is open, if anything.
@@ -240,7 +292,13 @@ fn in_use(fs: &Plyfs, id: usize) -> Option<String> {
     let open_files = files
         .iter()
         .filter(|f| {
-            !f.is_on_upper() && f.node.state.read().lowers.first().is_some_and(|l| l.layer == id)
+            !f.is_on_upper()
+                && f.node
+                    .state
+                    .read()
+                    .lowers
+                    .first()
+                    .is_some_and(|l| l.layer == id)
         })
         .count();
     let open_dirs = dirs
@@ -274,7 +332,7 @@ fn apply(fs: &Plyfs, layers: Vec<LowerLayer>, change: Change) -> Arc<Lowers> {
     let dirs = fs.table.dirs();
     fs.lowers.stale_dirs.fill(&dirs);
     // What the kernel may cache by name, before names change.
-    let before: Vec<(Arc<Node>, Arc<[Arc<LowerObj>]>, Vec<Alias>)> = fs
+    let before: Vec<Before> = fs
         .table
         .nodes()
         .into_iter()
@@ -305,7 +363,7 @@ fn apply(fs: &Plyfs, layers: Vec<LowerLayer>, change: Change) -> Arc<Lowers> {
 
 /// Drops what the kernel caches that the change made stale (see the
 /// module comment).
-fn invalidate(fs: &Plyfs, before: &[(Arc<Node>, Arc<[Arc<LowerObj>]>, Vec<Alias>)], change: Change) {
+fn invalidate(fs: &Plyfs, before: &[Before], change: Change) {
     if !fs.kernel.connected() {
         return;
     }

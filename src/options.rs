@@ -223,7 +223,9 @@ pub fn parse_size(key: &str, v: &[u8]) -> Result<u64, String> {
     let t = s.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (num, suffix) = t.split_at(digits);
-    let bad = || format!("option {key}: expected a number with an optional k, M, G or T suffix, got {s:?}");
+    let bad = || {
+        format!("option {key}: expected a number with an optional k, M, G or T suffix, got {s:?}")
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let shift = match suffix.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
@@ -483,9 +485,7 @@ impl MountOptions {
             "log" => self.log = Some(crate::logging::Target::parse(&need(value)?)?),
             // 0 means no limit, as for tmpfs.
             "size" => self.size_limit = Some(parse_size(k, &need(value)?)?).filter(|n| *n > 0),
-            "inodes" => {
-                self.inodes_limit = Some(parse_size(k, &need(value)?)?).filter(|n| *n > 0)
-            }
+            "inodes" => self.inodes_limit = Some(parse_size(k, &need(value)?)?).filter(|n| *n > 0),
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
             }
@@ -670,19 +670,37 @@ mod tests {
         let o = parse("lowerdir=/a,size=10M,inodes=2k,log=/tmp/x.log").unwrap();
         assert_eq!(o.size_limit, Some(10 << 20));
         assert_eq!(o.inodes_limit, Some(2048));
-        assert_eq!(o.log, Some(crate::logging::Target::File("/tmp/x.log".into())));
+        assert_eq!(
+            o.log,
+            Some(crate::logging::Target::File("/tmp/x.log".into()))
+        );
         assert_eq!(o.given, vec!["size=10M", "inodes=2k", "log=/tmp/x.log"]);
-        assert_eq!(parse("lowerdir=/a,size=3G").unwrap().size_limit, Some(3 << 30));
-        assert_eq!(parse("lowerdir=/a,size=1t").unwrap().size_limit, Some(1 << 40));
-        assert_eq!(parse("lowerdir=/a,size=4096").unwrap().size_limit, Some(4096));
-        assert_eq!(parse("lowerdir=/a,size=5KiB").unwrap().size_limit, Some(5120));
+        assert_eq!(
+            parse("lowerdir=/a,size=3G").unwrap().size_limit,
+            Some(3 << 30)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=1t").unwrap().size_limit,
+            Some(1 << 40)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=4096").unwrap().size_limit,
+            Some(4096)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=5KiB").unwrap().size_limit,
+            Some(5120)
+        );
         assert_eq!(parse("lowerdir=/a,size=0").unwrap().size_limit, None);
         assert!(parse("lowerdir=/a,size=10X").is_err());
         assert!(parse("lowerdir=/a,size=-1").is_err());
         assert!(parse("lowerdir=/a,size=M").is_err());
         assert!(parse("lowerdir=/a,size=99999999999T").is_err());
         assert!(parse("lowerdir=/a,log=").is_err());
-        assert_eq!(parse("lowerdir=/a,log=syslog").unwrap().log, Some(crate::logging::Target::Syslog));
+        assert_eq!(
+            parse("lowerdir=/a,log=syslog").unwrap().log,
+            Some(crate::logging::Target::Syslog)
+        );
     }
 
     #[test]

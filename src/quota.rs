@@ -100,6 +100,14 @@ impl Charge<'_> {
     }
 }
 
+impl Charge<'_> {
+    /// The change happened; its size is not known: the estimate stays.
+    pub fn keep(mut self) {
+        self.bytes = 0;
+        self.inodes = 0;
+    }
+}
+
 impl Drop for Charge<'_> {
     fn drop(&mut self) {
         self.q.add(-(self.bytes as i64), -(self.inodes as i64));
@@ -246,7 +254,9 @@ impl Quota {
     pub fn copy_estimate(&self, st: &Stat, data: bool) -> u64 {
         match st.file_type() {
             libc::S_IFDIR => self.dir_bytes,
-            libc::S_IFREG if data => (st.blocks * 512).max(if st.blocks == 0 {
+            // Without its data (truncated right after): an empty file.
+            libc::S_IFREG if !data => 0,
+            libc::S_IFREG => (st.blocks * 512).max(if st.blocks == 0 {
                 // A filesystem that reports no blocks: the size.
                 self.round_up(st.size)
             } else {
@@ -268,34 +278,35 @@ pub fn count_tree(root: BorrowedFd<'_>, dir_bytes: u64) -> std::result::Result<(
     let mut linked: HashSet<u64> = HashSet::new();
     // Per level: subdirectories still to visit.
     let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
-    let mut visit = |dir: BorrowedFd<'_>, todo: &mut Vec<Vec<u8>>| -> std::result::Result<(), Errno> {
-        let open = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-        let mut names = Vec::new();
-        sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
-        for n in names {
-            let name = Name::new(&n)?;
-            let st = match sys::fs::lstatat(dir, name.as_cstr()) {
-                Ok(st) => st,
-                Err(e) if e.code() == libc::ENOENT => continue,
-                Err(e) => return Err(e),
-            };
-            if !Quota::counts_inode(&st) {
-                continue;
-            }
-            if st.is_dir() {
-                bytes += dir_bytes;
+    let mut visit =
+        |dir: BorrowedFd<'_>, todo: &mut Vec<Vec<u8>>| -> std::result::Result<(), Errno> {
+            let open = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let mut names = Vec::new();
+            sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
+            for n in names {
+                let name = Name::new(&n)?;
+                let st = match sys::fs::lstatat(dir, name.as_cstr()) {
+                    Ok(st) => st,
+                    Err(e) if e.code() == libc::ENOENT => continue,
+                    Err(e) => return Err(e),
+                };
+                if !Quota::counts_inode(&st) {
+                    continue;
+                }
+                if st.is_dir() {
+                    bytes += dir_bytes;
+                    inodes += 1;
+                    todo.push(n);
+                    continue;
+                }
+                if st.nlink > 1 && !linked.insert(st.ino) {
+                    continue;
+                }
+                bytes += st.blocks * 512;
                 inodes += 1;
-                todo.push(n);
-                continue;
             }
-            if st.nlink > 1 && !linked.insert(st.ino) {
-                continue;
-            }
-            bytes += st.blocks * 512;
-            inodes += 1;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let mut first = true;
     loop {
         if first {
@@ -362,12 +373,7 @@ fn parse_record(v: &[u8], dir_bytes: u64, root: &Stat) -> Option<(u64, u64)> {
 }
 
 fn open_work_dir(upper: &UpperLayer) -> std::result::Result<OwnedFd, Errno> {
-    sys::fs::openat(
-        upper.work.fd(),
-        c".",
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )
+    sys::fs::openat(upper.work.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
 }
 
 /// Sets up the limit of a mount with `size=`/`inodes=`: the usage from
@@ -435,7 +441,9 @@ pub fn setup(
         if let Some(l) = limit
             && used > l
         {
-            log::warn!("the upper layer already holds {used} {what}, over the limit of {l}: writes fail with ENOSPC until some is removed");
+            log::warn!(
+                "the upper layer already holds {used} {what}, over the limit of {l}: writes fail with ENOSPC until some is removed"
+            );
         }
     }
     Ok(Some(q))
@@ -543,7 +551,11 @@ impl Plyfs {
         let Some(q) = &self.quota else {
             return Ok(None);
         };
-        let bytes = if kind == libc::S_IFDIR { q.dir_bytes } else { 0 };
+        let bytes = if kind == libc::S_IFDIR {
+            q.dir_bytes
+        } else {
+            0
+        };
         q.reserve(bytes, 1).map(Some)
     }
 
@@ -564,18 +576,14 @@ impl Plyfs {
         q.reserve(q.copy_estimate(st, data), 1).map(Some)
     }
 
-    /// The staged copy `tmp` in the work directory is complete: its real
-    /// size replaces the estimate (it stays counted when renamed into the
-    /// upper layer).
-    pub fn quota_staged(&self, charge: Option<Charge<'_>>, tmp: &Name) {
+    /// A copy-up charged with [`Plyfs::quota_copy`] was placed; `staged`
+    /// is the stat of the staged copy (its real size replaces the
+    /// estimate; unknown: the estimate stays).
+    pub fn quota_placed(&self, charge: Option<Charge<'_>>, staged: Option<&Stat>) {
         let Some(c) = charge else { return };
-        let st = self
-            .work()
-            .and_then(|w| sys::fs::lstatat(w.fd(), tmp.as_cstr()));
-        match st {
-            Ok(st) => self.quota_made(Some(c), &st),
-            // Unknown: keep the estimate.
-            Err(_) => std::mem::forget(c),
+        match staged {
+            Some(st) => self.quota_made(Some(c), st),
+            None => c.keep(),
         }
     }
 
@@ -666,7 +674,7 @@ mod tests {
         let sparse = st(libc::S_IFREG, 1 << 20, 0);
         assert_eq!(q.write_estimate(&sparse, 0, 10), 2 * 4096);
         assert_eq!(q.copy_estimate(&full, true), 8192);
-        assert_eq!(q.copy_estimate(&full, false), 8192);
+        assert_eq!(q.copy_estimate(&full, false), 0);
         assert_eq!(q.copy_estimate(&st(libc::S_IFREG, 10, 0), true), 4096);
         assert_eq!(q.copy_estimate(&st(libc::S_IFDIR, 0, 8), true), 4096);
         assert_eq!(q.charge_of(&st(libc::S_IFCHR, 0, 0)), 0);

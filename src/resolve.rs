@@ -291,8 +291,9 @@ impl Plyfs {
         mut target: Target,
         have_dir_above: bool,
     ) -> Result<LowerHit> {
-        let roots =
-            || -> Vec<Arc<LowerObj>> { self.lowers.load().iter().map(|l| l.root.clone()).collect() };
+        let roots = || -> Vec<Arc<LowerObj>> {
+            self.lowers.load().iter().map(|l| l.root.clone()).collect()
+        };
         let mut positions: Vec<Arc<LowerObj>> = match target {
             Target::Abs(_) => roots(),
             Target::Name(_) => stack.to_vec(),

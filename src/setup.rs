@@ -399,7 +399,11 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     let mut in_use = c.in_use;
     let euid = sys::process::geteuid();
     let mut lowers = Vec::new();
+    // Absolute, as `plyfs status` shows them and `plyfs layer` compares
+    // them after the daemon has left its working directory.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     for (i, (path, fd)) in c.lowers.into_iter().enumerate() {
+        let path = absolute(path);
         let dir = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| format!("cannot read lowerdir {}: {}", path.display(), describe(e)))?;
         let fs_magic = sys::fs::fs_type(fd.as_fd()).unwrap_or(0);
@@ -434,7 +438,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
                 .map_err(|e| format!("cannot stat upperdir: {}", describe(e)))?
                 .dev;
             Some(UpperLayer {
-                path: upath,
+                path: absolute(upath),
                 root: Arc::new(ufd),
                 dev,
                 work,

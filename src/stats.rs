@@ -176,7 +176,10 @@ mod tests {
             let _t = start(Op::fsyncdir);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let f = snapshot().into_iter().find(|f| f.name == "fsyncdir").unwrap();
+        let f = snapshot()
+            .into_iter()
+            .find(|f| f.name == "fsyncdir")
+            .unwrap();
         assert!(f.count >= 1 && f.max_ns >= 2_000_000 && f.total_ns >= f.max_ns);
         assert!(f.mean_ns() > 0);
     }

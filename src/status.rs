@@ -158,7 +158,7 @@ pub fn encode_bytes(b: &[u8]) -> String {
     }
     if s.is_empty() {
         // An empty value still takes a field.
-        s.push_str("%");
+        s.push('%');
     }
     s
 }

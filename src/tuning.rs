@@ -177,7 +177,9 @@ fn counts_writes(fs: &Plyfs, mode: &str) -> bool {
         _ => fs.cfg.writeback == Some(true),
     };
     if asked {
-        log::warn!("{mode}=on is not used with size=/inodes=: writes must go through plyfs to be counted");
+        log::warn!(
+            "{mode}=on is not used with size=/inodes=: writes must go through plyfs to be counted"
+        );
     }
     false
 }

@@ -59,7 +59,10 @@ pub fn run(a: Args) -> Result<i32, String> {
                 .filter_map(|s| fetch(s).ok())
                 .collect();
             if a.json {
-                let items: Vec<String> = all.iter().map(|s| s.to_json().trim_end().to_string()).collect();
+                let items: Vec<String> = all
+                    .iter()
+                    .map(|s| s.to_json().trim_end().to_string())
+                    .collect();
                 write(&mut out, &format!("[{}]\n", items.join(",")))?;
             } else if all.is_empty() {
                 write(&mut out, "no plyfs mounts found\n")?;

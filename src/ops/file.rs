@@ -84,13 +84,19 @@ impl Plyfs {
                 // open(O_RDONLY|O_TRUNC) truncates too (the kernel checked
                 // write permission): through a writable descriptor.
                 let w = self.open_upper(node, libc::O_WRONLY | libc::O_NOFOLLOW)?;
-                self.quota_measure(node, w.as_fd(), |_, _| 0, || {
-                    sys::io::ftruncate(w.as_fd(), 0)
-                })?;
+                self.quota_measure(
+                    node,
+                    w.as_fd(),
+                    |_, _| 0,
+                    || sys::io::ftruncate(w.as_fd(), 0),
+                )?;
             } else {
-                self.quota_measure(node, fd.as_fd(), |_, _| 0, || {
-                    sys::io::ftruncate(fd.as_fd(), 0)
-                })?;
+                self.quota_measure(
+                    node,
+                    fd.as_fd(),
+                    |_, _| 0,
+                    || sys::io::ftruncate(fd.as_fd(), 0),
+                )?;
             }
             if caller_uid != 0 {
                 self.kill_suid(node, fd.as_fd())?;

@@ -108,9 +108,12 @@ impl Plyfs {
                 }
             };
             // Growth by truncation makes a hole: nothing to reserve.
-            self.quota_measure(&node, f.as_fd(), |_, _| 0, || {
-                sys::io::ftruncate(f.as_fd(), size)
-            })?;
+            self.quota_measure(
+                &node,
+                f.as_fd(),
+                |_, _| 0,
+                || sys::io::ftruncate(f.as_fd(), size),
+            )?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::fs::utimensat(
