@@ -199,6 +199,12 @@ fn serve(fs: &Arc<Plyfs>, listener: &UnixListener, uid: u32) {
 fn handle(fs: &Arc<Plyfs>, mut stream: UnixStream, uid: u32) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    // The request is read before any answer, a refusal too: closing with
+    // unread data would reset the connection and lose the answer.
+    let mut line = Vec::new();
+    BufReader::new(&mut stream)
+        .take(MAX_REQUEST as u64)
+        .read_until(b'\n', &mut line)?;
     let peer = sys::socket::peer_cred(stream.as_fd())
         .map_err(|e| std::io::Error::from_raw_os_error(e.code()))?;
     if peer.uid != uid && peer.uid != 0 {
@@ -215,10 +221,10 @@ fn handle(fs: &Arc<Plyfs>, mut stream: UnixStream, uid: u32) -> std::io::Result<
             .as_bytes(),
         );
     }
-    let mut line = Vec::new();
-    BufReader::new(&mut stream)
-        .take(MAX_REQUEST as u64)
-        .read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        // A client checking that the daemon listens (see `find`).
+        return Ok(());
+    }
     let answer = match parse_request(&line) {
         Some((verb, args)) => dispatch(fs, &verb, &args),
         None => error_line(Errno::EINVAL, "malformed request"),

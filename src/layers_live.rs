@@ -524,12 +524,17 @@ impl Plyfs {
             }
             None if s.aliases.is_empty() => {
                 // Nothing shows this object any more: like a removed name.
-                s.unlinked = true;
                 if node.is_dir() {
+                    s.unlinked = true;
                     s.lowers = Arc::from(Vec::new());
                     s.stack_checked = true;
                 } else {
+                    // A file hidden by the change, not removed: when a later
+                    // change shows it again at a name, that lookup must find
+                    // this node (a new node with its number would make the
+                    // kernel fail the files still open on it with EIO).
                     keep_present(&mut s.lowers, &lowers);
+                    s.unlinked = s.lowers.is_empty();
                 }
             }
             None => keep_present(&mut s.lowers, &lowers),

@@ -132,7 +132,10 @@ impl Node {
             .lowers
             .first()
             .cloned()
-            .ok_or(crate::sys::Errno::EIO)
+            // No lower object left: its layer was removed from the live
+            // mount after the kernel looked the name up. ESTALE makes the
+            // kernel look the name up again and retry (open, stat).
+            .ok_or(crate::sys::Errno::ESTALE)
     }
 
     pub fn has_upper(&self) -> bool {
