@@ -15,7 +15,8 @@
 //!   follows its name: it lists and looks up the new merged content, and
 //!   keeps its inode number. A directory the change hides (a whiteout or a
 //!   file over it in the added layer, or it was only in the removed layer)
-//!   behaves like a removed one: empty, and no new names in it.
+//!   behaves like a removed one: opening, listing or creating in it fails
+//!   with ENOENT.
 //! - Removing a layer is refused (EBUSY) while a file opened from it is
 //!   open, or an open directory merges one of its directories; the last
 //!   lower layer cannot be removed.

@@ -9,9 +9,12 @@ add puts DIR on top of the mount's lower layers (just below the upper layer);
 remove takes a lower layer out (EBUSY while a file from it is open). The merged
 view changes at once, as if the mount had been made with the new lowerdir=
 list: the kernel's cached names, attributes and listings are dropped. Open
-files keep the file they were opened on; working and open directories show the
-new merged content. The upper layer is not changed, and a remount uses the
-lowerdir= it is given. Only the mount's owner and root may change it.
+files keep the file they were opened on (new opens get what the name shows
+now); working and open directories show the new merged content, and one the
+change hides behaves as removed (ENOENT). add refuses a directory that is a
+layer already, overlaps one, or lies in the upper, work or mount directory.
+The upper layer is not changed, and a remount uses the lowerdir= it is given.
+Only the mount's owner and root may change it (see plyfs status --help).
 
 Examples:
   plyfs layer add /c/merged /img/hotfix
