@@ -689,7 +689,7 @@ mod tests {
     fn text_and_json() {
         let s = sample();
         let t = s.to_text();
-        assert!(t.contains("lowerdirs:   /a\n"), "{t}");
+        assert!(t.contains("  lowerdirs:  /a\n"), "{t}");
         assert!(t.contains("1h 02m 03s"), "{t}");
         assert!(t.contains("4.0 KiB of 1.0 GiB used"), "{t}");
         assert!(t.contains("lookup"), "{t}");
