@@ -834,6 +834,20 @@ fn layer_add_remove_under_concurrent_readers() {
     if !require_fuse("layer_add_remove_under_concurrent_readers") {
         return;
     }
+    layer_changes(false);
+}
+
+/// The same on a kernel without `FUSE_NOTIFY_INC_EPOCH` (before 6.16):
+/// cached entries are invalidated one by one.
+#[test]
+fn layer_add_remove_entry_by_entry() {
+    if !require_fuse("layer_add_remove_entry_by_entry") {
+        return;
+    }
+    layer_changes(true);
+}
+
+fn layer_changes(no_epoch: bool) {
     let l = Layers::new(2);
     for i in 0..40 {
         write(
@@ -847,7 +861,11 @@ fn layer_add_remove_under_concurrent_readers() {
     write(&new.join("added"), b"added");
     write(&new.join("shadow"), b"new");
     write(&new.join("stable/extra"), b"extra");
-    let m = l.mount();
+    let mut cmd = Command::new(PLYFS);
+    if no_epoch {
+        cmd.env("PLYFS_NO_EPOCH", "1");
+    }
+    let m = PlyfsMount::start_with(cmd, &l.mnt, &l.options(), &[]).expect("mount");
 
     // Names the kernel has cached, as missing and as present.
     assert!(std::fs::metadata(l.mnt.join("added")).is_err());
