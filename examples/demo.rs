@@ -150,7 +150,7 @@ fn check_with_kernel(
     kernel_format: bool,
     plyfs_view: &[String],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    if !kernel_format || plyfs::sys::process::geteuid() != 0 {
+    if !kernel_format || plyfs::geteuid() != 0 {
         println!("  (checking with `mount -t overlay` needs root and a kernel-format lower layer)");
         return Ok(());
     }

@@ -3,20 +3,51 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, INodeNo};
-
 use crate::idmap::IdMap;
 use crate::sys::fs::Stat;
 
-pub fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
+/// The attributes the merged view reports for one node. plyfs's own type,
+/// so that only the FUSE glue (`fuse.rs`) knows the FUSE library's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileAttr {
+    /// Node id (fuser reports it as st_ino).
+    pub ino: u64,
+    pub size: u64,
+    /// In 512-byte units.
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Encoded as the kernel's `new_encode_dev`.
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl FileAttr {
+    /// The attributes of a negative entry (node id 0), which the kernel
+    /// caches for the entry timeout.
+    pub fn negative() -> FileAttr {
+        FileAttr {
+            ino: 0,
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            kind: libc::S_IFREG,
+            perm: 0,
+            nlink: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
     }
 }
 
@@ -74,21 +105,19 @@ pub fn make(ino: u64, st: &Stat, merged_dir: bool, o: &AttrOpts<'_>) -> FileAttr
         st.nlink.min(u32::MAX as u64) as u32
     };
     FileAttr {
-        ino: INodeNo(ino),
+        ino,
         size: st.size,
         blocks: st.blocks,
         atime: system_time(st.atime),
         mtime: system_time(st.mtime),
         ctime: system_time(st.ctime),
-        crtime: UNIX_EPOCH,
-        kind: file_type(st.mode),
+        kind: st.mode & libc::S_IFMT,
         perm: (st.mode & 0o7777) as u16,
         nlink,
         uid: o.uids.to_view(st.uid),
         gid: o.gids.to_view(st.gid),
         rdev: encode_dev(st.rdev),
         blksize: st.blksize,
-        flags: 0,
     }
 }
 

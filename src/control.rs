@@ -157,10 +157,6 @@ impl Server {
                 .join(", ")
         ))
     }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for Server {

@@ -245,11 +245,10 @@ impl Plyfs {
     /// the result in its node (best effort: failures are only logged).
     fn write_impure(&self, dir: &Arc<Node>, dfd: &Arc<OwnedFd>, impure: bool) {
         let attr = self.cfg.prefix.name(ovl_xattr::IMPURE);
-        let res = sys::fs::openat(dfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| match impure {
-                true => sys::xattr::fset(d.as_fd(), &attr, b"y", 0),
-                false => sys::xattr::fremove(d.as_fd(), &attr),
-            });
+        let res = sys::fs::open_dir_here(dfd.as_fd()).and_then(|d| match impure {
+            true => sys::xattr::fset(d.as_fd(), &attr, b"y", 0),
+            false => sys::xattr::fremove(d.as_fd(), &attr),
+        });
         match res {
             Ok(()) => {
                 dir.state.write().impure = impure;
@@ -390,10 +389,7 @@ fn set_times(wfd: BorrowedFd<'_>, tmp: &Name, st: &Stat) -> Result<()> {
 /// without updating its atime when allowed.
 pub fn open_lower_for_read(lpfd: BorrowedFd<'_>, lname: &Name) -> Result<OwnedFd> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
-    match sys::fs::openat(lpfd, lname.as_cstr(), flags | libc::O_NOATIME, 0) {
-        Err(e) if e.code() == libc::EPERM => sys::fs::openat(lpfd, lname.as_cstr(), flags, 0),
-        other => other,
-    }
+    sys::fs::openat_noatime(lpfd, lname.as_cstr(), flags)
 }
 
 /// Copies every xattr but overlay markers; attributes the target refuses

@@ -56,11 +56,6 @@ pub fn budget() -> usize {
     BUDGET.load(Ordering::Relaxed)
 }
 
-/// Number of evictable descriptors currently cached.
-pub fn cached() -> usize {
-    CACHED.load(Ordering::Relaxed)
-}
-
 /// A cached descriptor and the holder of its parent directory's slot.
 struct Cached {
     fd: Arc<OwnedFd>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Duration;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::attr::{self, AttrOpts};
 use crate::fdcache::FdHolder;
@@ -143,7 +143,7 @@ impl Plyfs {
         if let Some(u) = &self.upper {
             let st = sys::fs::fstat(u.root.as_fd())?;
             state.upper = Some((st.dev, st.ino));
-            let dir = sys::fs::openat(u.root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let dir = sys::fs::open_dir_here(u.root.as_fd())?;
             let m = crate::lower::root_markers(dir.as_fd(), &[self.cfg.prefix]);
             state.opaque = m.opaque == crate::whiteout::OpaqueValue::Opaque;
             state.impure = m.impure;
@@ -508,15 +508,5 @@ impl Plyfs {
             parent,
             name: name.as_bytes().into(),
         });
-    }
-
-    /// Flushes a directory to disk unless the mount is volatile.
-    pub fn sync_dir(&self, fd: &OwnedFd) {
-        if self.cfg.volatile {
-            return;
-        }
-        if let Ok(d) = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-            let _ = sys::io::fsync(d.as_fd(), false);
-        }
     }
 }

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, FileType, Filesystem, Generation,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::attr::{decode_dev, file_type};
+use crate::attr::{FileAttr, decode_dev};
 use crate::fs::Plyfs;
 use crate::names;
 use crate::ops::Caller;
 use crate::ops::create::NewObject;
 use crate::ops::dir::PlusEntry;
 use crate::ops::setattr::SetAttr;
+use crate::sys::Errno;
 use crate::sys::fs::TimeSpec;
 use crate::table::Held;
 
@@ -63,25 +63,43 @@ fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
     })
 }
 
-/// The attributes of a negative entry (node id 0), which the kernel caches
-/// for the entry timeout.
-fn negative_attr() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
+/// The FUSE library's attribute type for plyfs's.
+pub(crate) fn fuse_attr(a: &FileAttr) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
         crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
         flags: 0,
+    }
+}
+
+/// The FUSE file type for `S_IFMT` bits.
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+impl From<Errno> for fuser::Errno {
+    fn from(e: Errno) -> fuser::Errno {
+        fuser::Errno::from_i32(e.code())
     }
 }
 
@@ -94,10 +112,10 @@ impl FuseFs {
     fn entry(&self, reply: ReplyEntry, res: Result<(Held<'_>, FileAttr), Errno>) {
         match res {
             Ok((node, attr)) => {
-                reply.entry(&self.ttl(), &attr, Generation(node.generation));
+                reply.entry(&self.ttl(), &fuse_attr(&attr), Generation(node.generation));
                 node.into_kernel();
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -133,8 +151,12 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::lookup);
         match names::check(name).and_then(|n| self.fs.do_lookup(parent.0, &n)) {
             Ok(Some(found)) => self.entry(reply, Ok(found)),
-            Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
-            Err(e) => reply.error(e),
+            Ok(None) => reply.entry(
+                &self.ttl(),
+                &fuse_attr(&FileAttr::negative()),
+                Generation(0),
+            ),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -146,8 +168,8 @@ impl Filesystem for FuseFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _t = crate::stats::start(crate::stats::Op::getattr);
         match self.fs.do_getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&self.ttl(), &attr),
-            Err(e) => reply.error(e),
+            Ok(attr) => reply.attr(&self.ttl(), &fuse_attr(&attr)),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -180,8 +202,8 @@ impl Filesystem for FuseFs {
             fh: fh.map(|f| f.0),
         };
         match self.fs.do_setattr(ino.0, a) {
-            Ok(attr) => reply.attr(&self.ttl(), &attr),
-            Err(e) => reply.error(e),
+            Ok(attr) => reply.attr(&self.ttl(), &fuse_attr(&attr)),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -189,7 +211,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::readlink);
         match self.fs.do_readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -308,7 +330,7 @@ impl Filesystem for FuseFs {
                 NewObject::Link { source },
                 reply,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -316,7 +338,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::open);
         match self.fs.do_open(ino.0, flags.0, req.uid()) {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -334,7 +356,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::read);
         match self.fs.do_read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -353,7 +375,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::write);
         match self.fs.do_write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -368,7 +390,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::flush);
         // Nothing to do on close(2): ENOSYS makes the kernel stop sending
         // FLUSH (it still writes dirty pages back before that check).
-        reply.error(Errno::ENOSYS);
+        reply.error(Errno::ENOSYS.into());
     }
 
     fn release(
@@ -407,12 +429,12 @@ impl Filesystem for FuseFs {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             // The kernel then opens directories itself, with cached listings.
-            reply.error(Errno::ENOSYS);
+            reply.error(Errno::ENOSYS.into());
             return;
         }
         match self.fs.do_opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), crate::tuning::dir_open_flags(&self.fs)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -435,7 +457,7 @@ impl Filesystem for FuseFs {
         });
         match res {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -457,20 +479,20 @@ impl Filesystem for FuseFs {
                     item.next,
                     name,
                     &ttl,
-                    attr,
+                    &fuse_attr(attr),
                     Generation(generation),
                 ),
                 // Node id 0: a plain entry; its d_ino is item.ino (see
                 // vendor/fuser/PATCHES.md) and its type comes from the mode.
                 PlusEntry::NamesOnly => {
-                    let mut attr = negative_attr();
-                    attr.kind = file_type(item.kind);
+                    let mut attr = FileAttr::negative();
+                    attr.kind = item.kind;
                     !reply.add(
                         INodeNo(item.ino),
                         item.next,
                         name,
                         &Duration::ZERO,
-                        &attr,
+                        &fuse_attr(&attr),
                         Generation(0),
                     )
                 }
@@ -481,7 +503,7 @@ impl Filesystem for FuseFs {
                 reply.ok();
                 refs.into_iter().for_each(|r| drop(r.into_kernel()));
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -516,7 +538,7 @@ impl Filesystem for FuseFs {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -579,14 +601,21 @@ impl Filesystem for FuseFs {
         match res {
             Ok(c) => {
                 let Some(fd) = c.fd else {
-                    reply.error(Errno::EIO);
+                    reply.error(Errno::EIO.into());
                     return;
                 };
                 let (fh, f) = self.fs.register_file((*c.node).clone(), fd, true, flags);
-                crate::tuning::reply_create(&self.fs, reply, &c.attr, c.node.generation, fh, &f);
+                crate::tuning::reply_create(
+                    &self.fs,
+                    reply,
+                    &fuse_attr(&c.attr),
+                    c.node.generation,
+                    fh,
+                    &f,
+                );
                 c.node.into_kernel();
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -616,7 +645,7 @@ impl Filesystem for FuseFs {
         let _t = crate::stats::start(crate::stats::Op::lseek);
         match self.fs.do_lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -662,8 +691,8 @@ impl Filesystem for FuseFs {
         };
         match res {
             Ok(v) if v.len() <= out_size as usize => reply.ioctl(0, &v),
-            Ok(_) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
+            Ok(_) => reply.error(Errno::EINVAL.into()),
+            Err(e) => reply.error(e.into()),
         }
     }
 
@@ -686,7 +715,7 @@ impl Filesystem for FuseFs {
             .do_copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(e.into()),
         }
     }
 }
@@ -695,15 +724,15 @@ impl Filesystem for FuseFs {
 fn done(reply: ReplyEmpty, res: Result<(), Errno>) {
     match res {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }
 
 fn reply_xattr(res: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
     match res {
         Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE.into()),
         Ok(v) => reply.data(&v),
-        Err(e) => reply.error(e),
+        Err(e) => reply.error(e.into()),
     }
 }

@@ -266,7 +266,7 @@ struct Frame {
 impl Frame {
     fn open(dir: Arc<LowerObj>) -> Result<Frame> {
         let fd = dir.dir_fd()?;
-        let open = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let open = sys::fs::open_dir_here(fd.as_fd())?;
         let mut entries = Vec::new();
         sys::dirent::read_dir(open.as_fd(), |e| entries.push(e))?;
         Ok(Frame {

@@ -11,44 +11,48 @@
 // All unsafe code lives in `sys`, each block with a SAFETY comment.
 #![deny(unsafe_code)]
 
-pub mod attr;
+pub(crate) mod attr;
 pub mod cli;
 pub mod cmd;
-pub mod control;
-pub mod copyup;
+pub(crate) mod control;
+pub(crate) mod copyup;
 pub mod daemon;
-pub mod fdcache;
+pub(crate) mod fdcache;
 pub mod fs;
-pub mod fuse;
-pub mod handles;
-pub mod hardlinks;
-pub mod idmap;
-pub mod ino;
-pub mod inval;
+pub(crate) mod fuse;
+pub(crate) mod handles;
+pub(crate) mod hardlinks;
+pub(crate) mod idmap;
+pub(crate) mod ino;
+pub(crate) mod inval;
 pub mod layer;
-pub mod layers_live;
-pub mod listing;
+pub(crate) mod layers_live;
+pub(crate) mod listing;
 pub mod logging;
-pub mod lower;
-pub mod lowerset;
+pub(crate) mod lower;
+pub(crate) mod lowerset;
 pub mod names;
-pub mod node;
+pub(crate) mod node;
 pub mod ops;
 pub mod options;
 pub mod origin;
-pub mod override_stat;
+pub(crate) mod override_stat;
 pub mod ovl_xattr;
-pub mod quota;
-pub mod rdplus;
-pub mod resolve;
-pub mod rmtree;
+pub(crate) mod quota;
+pub(crate) mod rdplus;
+pub(crate) mod resolve;
+pub(crate) mod rmtree;
 pub mod setup;
-pub mod stats;
-pub mod status;
+pub(crate) mod stats;
+pub(crate) mod status;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod table;
-pub mod tuning;
+pub(crate) mod table;
+pub(crate) mod tuning;
 pub mod version;
 pub mod whiteout;
-pub mod workdir;
+pub(crate) mod workdir;
+
+/// The effective uid of this process (for tests and examples that decide
+/// between root-only and unprivileged checks).
+pub use sys::process::geteuid;

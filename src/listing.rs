@@ -114,10 +114,7 @@ enum Seen {
 fn open_dir(fd: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd> {
     // Listing a layer directory must not touch its access time.
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    match sys::fs::openat(fd.as_fd(), c".", flags | libc::O_NOATIME, 0) {
-        Err(e) if e.code() == libc::EPERM => sys::fs::openat(fd.as_fd(), c".", flags, 0),
-        other => other,
-    }
+    sys::fs::openat_noatime(fd.as_fd(), c".", flags)
 }
 
 impl Plyfs {
@@ -250,10 +247,7 @@ impl Plyfs {
                             && whiteout::file_markers(
                                 lfd.as_fd(),
                                 name.as_cstr(),
-                                &[
-                                    crate::ovl_xattr::Prefix::Trusted,
-                                    crate::ovl_xattr::Prefix::User,
-                                ],
+                                &crate::ovl_xattr::Prefix::BOTH,
                             )?
                             .xattr_whiteout);
                 }

@@ -192,13 +192,7 @@ impl LowerObj {
             return Ok(set.as_ref().is_some_and(|s| s.contains(name)));
         }
         let fd = self.dir_fd()?;
-        let dir = sys::fs::openat(
-            fd.as_fd(),
-            c".",
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOATIME,
-            0,
-        )
-        .or_else(|_| sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0))?;
+        let dir = sys::fs::openat_noatime(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)?;
         let mut set = std::collections::HashSet::new();
         sys::dirent::read_dir(dir.as_fd(), |e| {
             if let whiteout::OciName::Whiteout(target) = whiteout::oci_name(&e.name) {
@@ -222,7 +216,7 @@ impl LowerObj {
     }
 
     fn read_dir_info(self: &Arc<Self>) -> Result<LowerDirInfo, Errno> {
-        let both = [Prefix::Trusted, Prefix::User];
+        let both = Prefix::BOTH;
         let markers = match &self.parent {
             Some(_) => {
                 let (pfd, name) = self.locate()?;
@@ -232,7 +226,7 @@ impl LowerObj {
                 // A layer root has no parent descriptor: read through an
                 // open descriptor of the directory itself.
                 let fd = self.dir_fd()?;
-                let dir = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let dir = sys::fs::open_dir_here(fd.as_fd())?;
                 root_markers(dir.as_fd(), &both)
             }
         };

@@ -142,13 +142,6 @@ impl Node {
         self.state.read().upper.is_some()
     }
 
-    /// The object's identity as first seen: upper if it has one, else the
-    /// top lower object.
-    pub fn real_ident(&self) -> Option<Ident> {
-        let s = self.state.read();
-        s.upper.or_else(|| s.lowers.first().map(|l| (l.dev, l.ino)))
-    }
-
     pub fn primary_alias(&self) -> Option<Alias> {
         self.state.read().aliases.first().cloned()
     }

@@ -147,7 +147,7 @@ impl Plyfs {
             }
             None => {
                 let root = self.upper_layer()?.root.clone();
-                let d = sys::fs::openat(root.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+                let d = sys::fs::open_dir_here(root.as_fd())?;
                 sys::xattr::fset(d.as_fd(), &cattr, value.as_bytes(), 0)
             }
         }

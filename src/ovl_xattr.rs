@@ -20,6 +20,10 @@ pub enum Prefix {
 }
 
 impl Prefix {
+    /// Both prefixes, in the order lower layers are read: a layer may have
+    /// been written by a rootful or a rootless mount.
+    pub const BOTH: [Prefix; 2] = [Prefix::Trusted, Prefix::User];
+
     pub fn bytes(self) -> &'static [u8] {
         match self {
             Prefix::Trusted => TRUSTED,

@@ -8,7 +8,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::lower::LowerObj;
@@ -149,12 +149,6 @@ impl Found {
         }
     }
 
-    /// The identity of the real object the name shows.
-    pub fn real_ident(&self) -> Option<Ident> {
-        self.upper
-            .or_else(|| self.lowers.first().map(|l| (l.dev, l.ino)))
-    }
-
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
     }
@@ -179,14 +173,12 @@ fn is_xattr_whiteout(
     Ok(whiteout::file_markers(dir, name.as_cstr(), prefixes)?.xattr_whiteout)
 }
 
-const BOTH: [Prefix; 2] = [Prefix::Trusted, Prefix::User];
-
 impl Plyfs {
     /// Prefixes whose markers count in the upper layer.
     pub fn upper_prefixes(&self) -> &'static [Prefix] {
         // Markers from either prefix are honoured, so an upper written by a
         // rootless mount reads the same when mounted by root.
-        &BOTH
+        &Prefix::BOTH
     }
 
     /// Resolves `name` in the merged directory `parent`.
@@ -342,7 +334,7 @@ impl Plyfs {
                 || (st.is_reg()
                     && st.size == 0
                     && pobj.dir_info()?.xattr_whiteouts
-                    && is_xattr_whiteout(pfd.as_fd(), &last, &st, &BOTH)?)
+                    && is_xattr_whiteout(pfd.as_fd(), &last, &st, &Prefix::BOTH)?)
             {
                 break;
             }

@@ -22,7 +22,7 @@ pub fn clean_dir(dir: BorrowedFd<'_>) -> Result<(), Errno> {
 
 /// Names in the directory `dir` (an `O_PATH` descriptor).
 fn entry_names(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
-    let open = sys::fs::openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let open = sys::fs::open_dir_here(dir)?;
     let mut names = Vec::new();
     sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
     Ok(names)

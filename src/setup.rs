@@ -251,7 +251,7 @@ fn refuse_incompat_work(w: &Path, wfd: &OwnedFd) -> Result<(), String> {
     let Ok(inc) = sys::fs::open_dir_path(work.as_fd(), workdir::INCOMPAT) else {
         return Ok(());
     };
-    let Ok(dir) = sys::fs::openat(inc.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+    let Ok(dir) = sys::fs::open_dir_here(inc.as_fd()) else {
         return Ok(());
     };
     let mut names = Vec::new();
@@ -273,7 +273,7 @@ fn refuse_incompat_work(w: &Path, wfd: &OwnedFd) -> Result<(), String> {
 /// Takes the exclusive in-use lock of an upper or work directory. A daemon
 /// that just unmounted may still be finishing: wait a little for it.
 fn lock_in_use(what: &str, path: &Path, fd: &OwnedFd) -> Result<OwnedFd, String> {
-    let lock = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    let lock = sys::fs::open_dir_here(fd.as_fd())
         .map_err(|e| format!("cannot open {what} {}: {}", path.display(), describe(e)))?;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -380,7 +380,7 @@ fn choose_prefix(o: &MountOptions, work: &WorkDir) -> Prefix {
         return Prefix::User;
     }
     let probe = c"trusted.overlay.plyfs-probe";
-    let dir = match sys::fs::openat(work.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+    let dir = match sys::fs::open_dir_here(work.fd()) {
         Ok(d) => d,
         Err(_) => return Prefix::User,
     };
@@ -404,7 +404,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     for (i, (path, fd)) in c.lowers.into_iter().enumerate() {
         let path = absolute(path);
-        let dir = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        let dir = sys::fs::open_dir_here(fd.as_fd())
             .map_err(|e| format!("cannot read lowerdir {}: {}", path.display(), describe(e)))?;
         let fs_magic = sys::fs::fs_type(fd.as_fd()).unwrap_or(0);
         let uuid = sys::handle::fs_uuid(dir.as_fd());

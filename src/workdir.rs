@@ -17,7 +17,6 @@ use crate::rmtree::remove_tree;
 use crate::sys::{self, Errno};
 
 pub const WORK: &CStr = c"work";
-pub const INDEX: &CStr = c"index";
 pub const INCOMPAT: &CStr = c"incompat";
 pub const VOLATILE: &CStr = c"volatile";
 
@@ -68,7 +67,7 @@ impl WorkDir {
     /// is live and before it serves (a failed mount writes nothing).
     pub fn clean_leftovers(&self) -> Result<(), Errno> {
         let names = {
-            let open = sys::fs::openat(self.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let open = sys::fs::open_dir_here(self.fd())?;
             let mut names = Vec::new();
             sys::dirent::read_dir(open.as_fd(), |e| names.push(e.name))?;
             names

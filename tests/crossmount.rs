@@ -1172,30 +1172,6 @@ fn one_way_case(c: Case, work: &Work) -> (Report, OpLog) {
     (rep, log)
 }
 
-/// Delta debugging (ddmin): a smallest subsequence of `ops` for which
-/// `fails` still holds.
-fn ddmin(mut ops: Vec<Op>, fails: impl Fn(&[Op]) -> bool) -> Vec<Op> {
-    let mut n = 2;
-    while ops.len() >= 2 {
-        let chunk = ops.len().div_ceil(n);
-        // The first chunk whose removal keeps the failure.
-        let smaller = (0..n).find_map(|i| {
-            let (lo, hi) = ((i * chunk).min(ops.len()), ((i + 1) * chunk).min(ops.len()));
-            let rest: Vec<Op> = ops[..lo].iter().chain(&ops[hi..]).cloned().collect();
-            (lo < hi && fails(&rest)).then_some(rest)
-        });
-        match smaller {
-            Some(rest) => {
-                ops = rest;
-                n = (n - 1).max(2);
-            }
-            None if n >= ops.len() => break,
-            None => n = (2 * n).min(ops.len()),
-        }
-    }
-    ops
-}
-
 /// With `PLYFS_CROSS_MINIMIZE` set, shrinks a failing workload to a
 /// minimal one that fails the same first check, and prints it.
 fn minimize_if_asked(c: Case, rep: &Report, log: &OpLog) {
@@ -1207,7 +1183,7 @@ fn minimize_if_asked(c: Case, rep: &Report, log: &OpLog) {
         let (r, _) = one_way_case(c, &Work::Replay(ops.to_vec()));
         r.titles().contains(&title)
     };
-    let min = ddmin(log.ops(), quiet);
+    let min = ddmin(log.ops(), &mut |o: &[Op]| quiet(o));
     let (r, l) = one_way_case(c, &Work::Replay(min));
     eprintln!(
         "==== minimized (seed {}, {} writes, same layers):\n{}\n{}",

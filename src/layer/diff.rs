@@ -44,8 +44,6 @@ use crate::ovl_xattr::{self, Prefix};
 use crate::sys::{self, Errno, fs::Stat};
 use crate::whiteout::{self, DirMarkers, OciName, OpaqueValue};
 
-const BOTH: [Prefix; 2] = [Prefix::Trusted, Prefix::User];
-
 /// What to diff.
 #[derive(Clone, Debug, Default)]
 pub struct DiffOptions {
@@ -164,7 +162,7 @@ fn parse_redirect(r: &[u8]) -> Option<Result<Vec<Vec<u8>>, Vec<u8>>> {
 
 /// The `overlay.redirect` of a non-directory (metacopy files), either prefix.
 fn file_redirect(dir: BorrowedFd<'_>, name: &Name) -> Result<Option<Vec<u8>>, Errno> {
-    for p in BOTH {
+    for p in Prefix::BOTH {
         match sys::xattr::get_at(dir, name.as_cstr(), &p.name(ovl_xattr::REDIRECT)) {
             Ok(v) => return Ok(Some(v)),
             Err(e) if matches!(e.code(), libc::ENODATA | libc::ENOTSUP | libc::EPERM) => {}
@@ -204,7 +202,7 @@ fn classify(dir: BorrowedFd<'_>, name: &[u8], xattr_whiteouts: bool) -> Result<U
     if xattr_whiteouts
         && st.is_reg()
         && st.size == 0
-        && whiteout::file_markers(dir, n.as_cstr(), &BOTH)?.xattr_whiteout
+        && whiteout::file_markers(dir, n.as_cstr(), &Prefix::BOTH)?.xattr_whiteout
     {
         return Ok(Upper::Whiteout(name.to_vec()));
     }
@@ -213,10 +211,7 @@ fn classify(dir: BorrowedFd<'_>, name: &[u8], xattr_whiteouts: bool) -> Result<U
 
 fn open_dir(dir: BorrowedFd<'_>, name: &Name) -> Result<OwnedFd, Errno> {
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    match sys::fs::openat(dir, name.as_cstr(), flags | libc::O_NOATIME, 0) {
-        Err(e) if e.code() == libc::EPERM => sys::fs::openat(dir, name.as_cstr(), flags, 0),
-        other => other,
-    }
+    sys::fs::openat_noatime(dir, name.as_cstr(), flags)
 }
 
 /// Writes the layer for `o.upper` to `out`.
@@ -236,7 +231,7 @@ pub fn diff<W: Write>(o: &DiffOptions, out: W) -> Result<DiffStats, String> {
     } else {
         Some(LowerView::open(&o.lowers)?)
     };
-    let root_markers = crate::lower::root_markers(root.as_fd(), &BOTH);
+    let root_markers = crate::lower::root_markers(root.as_fd(), &Prefix::BOTH);
     let mut chain = DirChain::new(root, libc::O_RDONLY).map_err(|e| err_at(b"", e))?;
     let mut w = Walk {
         tar: Writer::new(out),
@@ -375,7 +370,7 @@ impl<W: Write> Walk<W> {
                     Upper::Object(st) => {
                         let markers = if st.is_dir() {
                             let n = Name::new(&name)?;
-                            Some(whiteout::dir_markers(dir, n.as_cstr(), &BOTH)?)
+                            Some(whiteout::dir_markers(dir, n.as_cstr(), &Prefix::BOTH)?)
                         } else {
                             None
                         };
@@ -530,8 +525,8 @@ impl<W: Write> Walk<W> {
         };
         self.append(&h)?;
         if st.is_reg() {
-            let fm =
-                whiteout::file_markers(dir, n.as_cstr(), &BOTH).map_err(|e| err_at(&path, e))?;
+            let fm = whiteout::file_markers(dir, n.as_cstr(), &Prefix::BOTH)
+                .map_err(|e| err_at(&path, e))?;
             let fd = if fm.metacopy {
                 self.stats.metacopy_files += 1;
                 let src = self.metacopy_source(frames, dir, &n, &path)?;
@@ -726,8 +721,8 @@ impl<W: Write> Walk<W> {
                 // Something (a whiteout, a file, a new directory) is there.
                 return Ok(());
             }
-            let m =
-                whiteout::dir_markers(cur.as_fd(), n.as_cstr(), &BOTH).map_err(|e| err_at(c, e))?;
+            let m = whiteout::dir_markers(cur.as_fd(), n.as_cstr(), &Prefix::BOTH)
+                .map_err(|e| err_at(c, e))?;
             if m.opaque == OpaqueValue::Opaque {
                 return Ok(());
             }

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::names::Name;
@@ -180,14 +180,13 @@ impl Plyfs {
         if umask == 0 || !self.io.dont_mask.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(what);
         }
-        let has_default_acl =
-            match sys::fs::openat(pfd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-                .and_then(|d| sys::xattr::fget(d.as_fd(), c"system.posix_acl_default"))
-            {
-                Ok(_) => true,
-                Err(e) if matches!(e.code(), libc::ENODATA | libc::ENOTSUP) => false,
-                Err(e) => return Err(e),
-            };
+        let has_default_acl = match sys::fs::open_dir_here(pfd.as_fd())
+            .and_then(|d| sys::xattr::fget(d.as_fd(), c"system.posix_acl_default"))
+        {
+            Ok(_) => true,
+            Err(e) if matches!(e.code(), libc::ENODATA | libc::ENOTSUP) => false,
+            Err(e) => return Err(e),
+        };
         if has_default_acl {
             return Ok(what);
         }
@@ -309,8 +308,17 @@ impl Plyfs {
                 final_mode = Some(mode & 0o7777);
             }
             NewObject::Link { source } => {
-                let (spfd, sname) = self.upper_loc(source)?;
-                sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), dir, cname)?;
+                match (self.upper_loc(source), self.pinned(source)) {
+                    (Ok((spfd, sname)), _) => {
+                        sys::fs::linkat(spfd.as_fd(), sname.as_cstr(), dir, cname)?
+                    }
+                    // No name plyfs knows (see `relearn_names`): link the
+                    // pinned object itself.
+                    (Err(e), Some(pin)) if e.code() == libc::ENOENT => {
+                        sys::fs::link_fd(pin.as_fd(), dir, cname)?
+                    }
+                    (Err(e), _) => return Err(e),
+                }
                 return Ok(());
             }
         }

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::handles::DirHandle;
@@ -239,7 +239,7 @@ impl Plyfs {
             return Ok(());
         }
         let fd = self.upper_dir_fd(&node)?;
-        let d = sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        let d = sys::fs::open_dir_here(fd.as_fd())?;
         sys::io::fsync(d.as_fd(), datasync)
     }
 }

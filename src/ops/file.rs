@@ -22,10 +22,7 @@ pub fn open_noatime(
     name: &crate::names::Name,
     flags: i32,
 ) -> Result<OwnedFd> {
-    match sys::fs::openat(dir, name.as_cstr(), flags | libc::O_NOATIME, 0) {
-        Err(e) if e.code() == libc::EPERM => sys::fs::openat(dir, name.as_cstr(), flags, 0),
-        other => other,
-    }
+    sys::fs::openat_noatime(dir, name.as_cstr(), flags)
 }
 
 impl Plyfs {
@@ -205,6 +202,13 @@ impl Plyfs {
     }
 
     pub fn do_lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        // With the writeback cache the kernel may hold dirty pages (and a
+        // larger size) plyfs has not seen: SEEK_DATA/SEEK_HOLE answered from
+        // the upper file would skip that data or fail with ENXIO. ENOSYS
+        // makes the kernel answer from its own size (all data, no holes).
+        if self.io.writeback() {
+            return Err(Errno::ENOSYS);
+        }
         let f = self.handle(fh)?;
         self.refresh_handle(&f)?;
         sys::io::lseek(f.fd().as_fd(), offset, whence)

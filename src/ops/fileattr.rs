@@ -132,7 +132,7 @@ impl Plyfs {
         }
         let mut p = KNOWN;
         let real = self.real_ref(node)?;
-        for prefix in [Prefix::Trusted, Prefix::User] {
+        for prefix in Prefix::BOTH {
             if let Ok(v) = real.get(&prefix.name(ovl_xattr::PROTATTR)) {
                 p |= prot_of_protattr(&v);
             }

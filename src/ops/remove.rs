@@ -53,7 +53,21 @@ impl Plyfs {
             None => f.has_lower(),
         };
         let last_link = f.is_dir() || f.stat.nlink <= 1;
-        if let Some(v) = victim.as_ref().filter(|_| last_link && f.upper.is_some()) {
+        // Pin too when this is the last name plyfs knows of a file with
+        // other links (it remembers a bounded number of names): the kernel
+        // keeps using the other names without looking them up again, and
+        // plyfs must still reach the object then.
+        let last_known = |v: &Arc<Node>| {
+            v.state
+                .read()
+                .aliases
+                .iter()
+                .all(|a| a.parent == parent.ino && *a.name == *name.as_bytes())
+        };
+        if let Some(v) = victim
+            .as_ref()
+            .filter(|v| f.upper.is_some() && (last_link || last_known(v)))
+        {
             self.pin_inode(v, pfd.as_fd(), name);
         }
         match (f.upper.is_some(), needs_whiteout) {
@@ -77,9 +91,41 @@ impl Plyfs {
             v.remove_alias(parent.ino, name.as_bytes());
             if last_link {
                 v.state.write().unlinked = true;
+            } else if let Some(u) = f.upper.filter(|_| v.state.read().aliases.is_empty()) {
+                self.relearn_names(&v, &parent, &pfd, u);
             }
         }
         Ok(())
+    }
+
+    /// A file with other links lost the last name plyfs knew for it:
+    /// looks for its other names in the same directory (where hard links
+    /// usually are), so that operations needing a name (link, setattr,
+    /// open) keep working; elsewhere the pinned descriptor serves.
+    fn relearn_names(
+        &self,
+        v: &Arc<Node>,
+        parent: &Arc<Node>,
+        pfd: &OwnedFd,
+        u: crate::node::Ident,
+    ) {
+        let Ok(dir) = sys::fs::open_dir_here(pfd.as_fd()) else {
+            return;
+        };
+        let mut found = Vec::new();
+        let _ = sys::dirent::read_dir(dir.as_fd(), |e| {
+            if e.ino == u.1 && found.len() < 16 {
+                found.push(e.name);
+            }
+        });
+        for n in found {
+            if let Ok(name) = Name::new(&n)
+                && sys::fs::lstatat(pfd.as_fd(), name.as_cstr())
+                    .is_ok_and(|st| (st.dev, st.ino) == u && !st.is_dir())
+            {
+                self.add_alias(v, parent.ino, &name);
+            }
+        }
     }
 
     /// Keeps the inode of an upper object that is about to lose its last
@@ -130,7 +176,12 @@ impl Plyfs {
                 return Err(e);
             }
         }
-        work.discard_later(&tmp);
+        // A file goes at once, so that st_nlink of its other names is exact
+        // for the next unlink (which must know the last link); directory
+        // trees are removed in the background.
+        if sys::fs::unlinkat(work.fd(), tmp.as_cstr(), false).is_err() {
+            work.discard_later(&tmp);
+        }
         Ok(())
     }
 

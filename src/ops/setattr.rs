@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 
-use fuser::FileAttr;
+use crate::attr::FileAttr;
 
 use crate::fs::{Plyfs, Result};
 use crate::ops::fileattr::Change;

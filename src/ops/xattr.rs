@@ -72,7 +72,7 @@ impl RealRef {
 }
 
 fn open_dir(fd: &OwnedFd) -> Result<OwnedFd> {
-    sys::fs::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+    sys::fs::open_dir_here(fd.as_fd())
 }
 
 impl Plyfs {

@@ -1,9 +1,9 @@
 //! Namespace and metadata calls, all relative to a directory descriptor.
 
 use std::ffi::CStr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{SysResult, check, check_size, last_errno, retry};
+use super::{SysResult, check, check_size, retry};
 
 /// `struct stat`, reduced to what a filesystem reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,45 +137,6 @@ pub fn open_dir_path(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
         libc::O_PATH | libc::O_NOFOLLOW | libc::O_DIRECTORY,
         0,
     )
-}
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS`: the path
-/// may not leave `dir` nor cross any symlink.
-pub const RESOLVE_STRICT: u64 = 0x08 | 0x02 | 0x04;
-
-/// `openat2(dir, path, how)`; ENOSYS on kernels without it.
-pub fn openat2(
-    dir: BorrowedFd<'_>,
-    path: &CStr,
-    flags: i32,
-    mode: u32,
-    resolve: u64,
-) -> SysResult<OwnedFd> {
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: mode as u64,
-        resolve,
-    };
-    retry(|| {
-        // SAFETY: `how` lives for the call and its size is passed alongside.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                path.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        check(fd as libc::c_int).map(owned)
-    })
 }
 
 /// Opens an absolute or cwd-relative path, following symlinks (start-up only:
@@ -408,6 +369,41 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     openat(cwd(), &path, flags & !libc::O_NOFOLLOW, 0)
 }
 
+/// Links the object an `O_PATH` descriptor refers to as `newname` in
+/// `newdir`, through its `/proc/self/fd` entry (ENOENT once it has no link
+/// left, as for any unlinked inode).
+pub fn link_fd(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> SysResult<()> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| super::Errno::EINVAL)?;
+    // SAFETY: plain syscall on valid fds and strings.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Opens `dir` itself again as a readable directory (for listing it or
+/// for `f*` calls that need a non-`O_PATH` descriptor).
+pub fn open_dir_here(dir: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    openat(dir, c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+/// `openat` with `O_NOATIME`, so that reading a layer does not update its
+/// access times (as kernel overlayfs does); the flag needs ownership or
+/// CAP_FOWNER, so without them the open goes ahead without it.
+pub fn openat_noatime(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    match openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(e) if e.code() == libc::EPERM => openat(dir, name, flags, 0),
+        other => other,
+    }
+}
+
 /// Duplicates a descriptor (close-on-exec).
 pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned().map_err(super::Errno::from)
@@ -424,17 +420,6 @@ pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count().saturating_sub(1))
         .unwrap_or(0)
-}
-
-/// The errno of the last failed call; exported for start-up diagnostics.
-pub fn errno() -> super::Errno {
-    last_errno()
-}
-
-/// Takes a borrowed descriptor as `AsFd` (convenience for callers holding
-/// `Arc<OwnedFd>`).
-pub fn borrow<F: AsFd>(f: &F) -> BorrowedFd<'_> {
-    f.as_fd()
 }
 
 /// `flock(fd, LOCK_EX | LOCK_NB)`: EWOULDBLOCK while another open file

@@ -5,6 +5,7 @@
 //! values, and reports failures as the errno of the failing call, unchanged.
 
 pub mod dirent;
+mod errno;
 pub mod fs;
 pub mod handle;
 pub mod io;
@@ -13,7 +14,7 @@ pub mod process;
 pub mod socket;
 pub mod xattr;
 
-pub use fuser::Errno;
+pub use errno::Errno;
 
 /// Result of a system call wrapper: the value or the call's errno.
 pub type SysResult<T> = std::result::Result<T, Errno>;

@@ -142,12 +142,6 @@ pub fn wait_signal(signals: &[i32]) -> SysResult<i32> {
     Ok(sig)
 }
 
-/// Sends `sig` to this process (used to wake the signal thread).
-pub fn raise(sig: i32) -> SysResult<()> {
-    // SAFETY: plain syscall.
-    check(unsafe { libc::kill(libc::getpid(), sig) }).map(drop)
-}
-
 /// Waits for a child process and returns its exit status code.
 pub fn waitpid(pid: libc::pid_t) -> SysResult<i32> {
     let mut status = 0;

@@ -17,9 +17,6 @@ const SYS_GETXATTRAT: libc::c_long = 464;
 const SYS_LISTXATTRAT: libc::c_long = 465;
 const SYS_REMOVEXATTRAT: libc::c_long = 466;
 
-pub const XATTR_CREATE: i32 = libc::XATTR_CREATE;
-pub const XATTR_REPLACE: i32 = libc::XATTR_REPLACE;
-
 #[repr(C)]
 struct XattrArgs {
     value: u64,
@@ -108,11 +105,6 @@ fn grow_loop(mut call: impl FnMut(&mut [u8]) -> SysResult<usize>) -> SysResult<V
 /// Value of `attr` on `name` in `dir`; ENODATA when it is absent.
 pub fn get_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult<Vec<u8>> {
     grow_loop(|buf| get_raw(dir, name, attr, buf))
-}
-
-/// Size of the value of `attr` (a size query, as `getxattr` with size 0).
-pub fn get_size_at(dir: BorrowedFd<'_>, name: &CStr, attr: &CStr) -> SysResult<usize> {
-    get_raw(dir, name, attr, &mut [])
 }
 
 /// The NUL-separated list of attribute names on `name` in `dir`.

@@ -307,7 +307,9 @@ impl PlyfsMount {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: on a loaded machine the kernel's final writeback and the
+        // work-dir reaper can take a while; a hang still ends the test.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Ok(Some(s)) = child.try_wait() {
                 break Some(s);
@@ -610,4 +612,32 @@ pub fn errno(e: &std::io::Error) -> i32 {
 /// A path from raw bytes.
 pub fn bpath(base: &Path, name: &[u8]) -> PathBuf {
     base.join(OsStr::from_bytes(name))
+}
+
+/// Delta debugging (ddmin): removes chunks of `cur` while `fails` still
+/// holds, down to single items; used by the randomized tests to shrink a
+/// failing case to a minimal one.
+pub fn ddmin<T: Clone>(mut cur: Vec<T>, fails: &mut dyn FnMut(&[T]) -> bool) -> Vec<T> {
+    let mut n = 2usize;
+    while cur.len() >= 2 {
+        let chunk = cur.len().div_ceil(n);
+        // The first chunk whose removal keeps the failure.
+        let reduced = (0..n).find_map(|i| {
+            let (a, b) = (i * chunk, ((i + 1) * chunk).min(cur.len()));
+            if a >= b {
+                return None;
+            }
+            let cand: Vec<T> = cur[..a].iter().chain(&cur[b..]).cloned().collect();
+            fails(&cand).then_some(cand)
+        });
+        match reduced {
+            Some(c) => {
+                cur = c;
+                n = (n - 1).max(2);
+            }
+            None if n >= cur.len() => break,
+            None => n = (n * 2).min(cur.len()),
+        }
+    }
+    cur
 }

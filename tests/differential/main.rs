@@ -748,32 +748,6 @@ pub(crate) fn replay(
     pair.finish(&sk)
 }
 
-/// Removes chunks of `cur` while `fails` still holds (delta debugging, down
-/// to single items).
-pub(crate) fn ddmin<T: Clone>(mut cur: Vec<T>, fails: &mut dyn FnMut(&[T]) -> bool) -> Vec<T> {
-    let mut n = 2usize;
-    while cur.len() >= 2 {
-        let chunk = cur.len().div_ceil(n);
-        let reduced = (0..n).find_map(|i| {
-            let (a, b) = (i * chunk, ((i + 1) * chunk).min(cur.len()));
-            if a >= b {
-                return None;
-            }
-            let cand: Vec<T> = cur[..a].iter().chain(&cur[b..]).cloned().collect();
-            fails(&cand).then_some(cand)
-        });
-        match reduced {
-            Some(c) => {
-                cur = c;
-                n = (n - 1).max(2);
-            }
-            None if n >= cur.len() => break,
-            None => n = (n * 2).min(cur.len()),
-        }
-    }
-    cur
-}
-
 /// Shrinks a failing run to a small tree and a short op list.
 pub(crate) fn shrink(nlayers: usize, spec: &[Build], ops: &[Op], variant: &Variant) -> String {
     let started = Instant::now();
@@ -1051,4 +1025,11 @@ pub(crate) fn differential_time_seed() {
             run_seed(seed, nops(), v);
         }
     }
+}
+
+#[test]
+fn ddmin_shrinks_to_the_culprits() {
+    let all: Vec<u32> = (0..50).collect();
+    let min = ddmin(all, &mut |s: &[u32]| s.contains(&7) && s.contains(&31));
+    assert_eq!(min, vec![7, 31]);
 }
