@@ -511,7 +511,16 @@ fn kill_9_at_random_moments() {
         let opts = format!("{},passthrough={pt}", l.options());
         let m =
             PlyfsMount::start(&l.mnt, &opts, &[]).unwrap_or_else(|e| panic!("{what}: mount: {e}"));
-        let leftovers = upper_check::work_leftovers(&l.work);
+        // Leftovers are moved aside at mount and removed in the background
+        // once the mount is live (a huge one must not delay the mount).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leftovers = loop {
+            let left = upper_check::work_leftovers(&l.work);
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(
             leftovers.is_empty(),
             "{what}: work dir not emptied by the mount: {leftovers:?}"
@@ -590,7 +599,16 @@ fn kill_9_at_random_moments() {
         // Remount: staging leftovers go, and the model holds.
         let m = PlyfsMount::start(&l.mnt, &opts, &[])
             .unwrap_or_else(|e| panic!("{what}: remount: {e}"));
-        let leftovers = upper_check::work_leftovers(&l.work);
+        // Leftovers are moved aside at mount and removed in the background
+        // once the mount is live (a huge one must not delay the mount).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let leftovers = loop {
+            let left = upper_check::work_leftovers(&l.work);
+            if left.is_empty() || Instant::now() > deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(
             leftovers.is_empty(),
             "{what}: leftovers after the remount: {leftovers:?}"
