@@ -258,6 +258,13 @@ fn serve(
     checked: crate::setup::Checked,
     mut pipe: Option<OwnedFd>,
 ) -> Result<(), String> {
+    // Before any thread starts (threads inherit the mask: the work dir's
+    // background remover, ring threads, workers): a signal the kernel
+    // delivers to a thread that does not block it kills the daemon without
+    // unmounting, and only the signal thread below waits for them.
+    if let Err(e) = sys::process::block_signals(&SIGNALS) {
+        log::warn!("cannot block signals: {e:?}");
+    }
     let limit = sys::process::raise_nofile_limit(1 << 20);
     // Keep a quarter of the descriptors for open files and the rest of us.
     crate::fdcache::set_budget_from_limit(limit);

@@ -122,3 +122,28 @@ fn sigterm_to_a_covered_mount_leaves_the_top_one() {
         "SIGTERM to the covered daemon unmounted the mount on top"
     );
 }
+
+/// SIGTERM unmounts cleanly also when the mount started a background
+/// thread before serving (the work dir's remover, for an earlier mount's
+/// leftovers): that thread blocks the signals too, so the kernel cannot
+/// hand SIGTERM to it and kill the daemon without an unmount.
+#[test]
+fn sigterm_with_work_dir_leftovers_unmounts_cleanly() {
+    if !require_root("sigterm_with_work_dir_leftovers_unmounts_cleanly") {
+        return;
+    }
+    let l = Layers::new(1);
+    write(&l.lower(0).join("f"), b"x");
+    // What an interrupted earlier mount leaves in work/work.
+    let left = l.work.join("work/old-staging");
+    std::fs::create_dir_all(left.join("a/b")).unwrap();
+    write(&left.join("a/b/f"), b"y");
+    for _ in 0..5 {
+        let m = l.mount();
+        assert_eq!(std::fs::read(m.mnt.join("f")).unwrap(), b"x");
+        let st = m.unmount();
+        assert!(st.is_some_and(|s| s.success()), "plyfs exit status {st:?}");
+        assert!(!is_mounted(&l.mnt));
+        std::fs::create_dir_all(left.join("a/b")).unwrap();
+    }
+}
