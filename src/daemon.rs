@@ -259,9 +259,10 @@ fn serve(
     mut pipe: Option<OwnedFd>,
 ) -> Result<(), String> {
     // Before any thread starts (threads inherit the mask: the work dir's
-    // background remover, ring threads, workers): a signal the kernel
-    // delivers to a thread that does not block it kills the daemon without
-    // unmounting, and only the signal thread below waits for them.
+    // background remover, the control thread, ring threads, workers): a
+    // signal the kernel delivers to a thread that does not block it kills
+    // the daemon without unmounting, and only the signal thread below
+    // waits for them.
     if let Err(e) = sys::process::block_signals(&SIGNALS) {
         log::warn!("cannot block signals: {e:?}");
     }
@@ -269,12 +270,6 @@ fn serve(
     // Keep a quarter of the descriptors for open files and the rest of us.
     crate::fdcache::set_budget_from_limit(limit);
     let _ = sys::process::umask(0);
-    // Before any thread starts (the work-dir reaper, the control thread,
-    // the session's): threads inherit the mask, so SIGUSR1/SIGTERM reach
-    // only the signal thread below instead of killing the process.
-    if let Err(e) = sys::process::block_signals(&SIGNALS) {
-        log::warn!("cannot block signals: {e:?}");
-    }
     // log=FILE is opened first, so that a bad path fails the mount.
     match &req.options.log {
         Some(crate::logging::Target::File(path)) => match crate::logging::open_file(path) {
