@@ -201,7 +201,13 @@ impl Filesystem for FuseFs {
             mtime: time_spec(mtime),
             fh: fh.map(|f| f.0),
         };
-        match self.fs.do_setattr(ino.0, a) {
+        let res = self.fs.do_setattr(ino.0, a).and_then(|attr| {
+            if !fuser::kill_suidgid_requested() {
+                return Ok(attr);
+            }
+            Ok(self.fs.do_kill_suidgid(ino.0)?.unwrap_or(attr))
+        });
+        match res {
             Ok(attr) => reply.attr(&self.ttl(), &fuse_attr(&attr)),
             Err(e) => reply.error(e.into()),
         }
@@ -336,7 +342,17 @@ impl Filesystem for FuseFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _t = crate::stats::start(crate::stats::Op::open);
-        match self.fs.do_open(ino.0, flags.0, req.uid()) {
+        let res = self
+            .fs
+            .do_open(ino.0, flags.0, req.uid())
+            .and_then(|opened| {
+                if fuser::kill_suidgid_requested() && self.fs.do_kill_suidgid(ino.0)?.is_some() {
+                    // The open reply carries no attributes.
+                    self.fs.kernel.attrs_changed(ino.0);
+                }
+                Ok(opened)
+            });
+        match res {
             Ok((fh, f)) => crate::tuning::reply_open(&self.fs, reply, fh, &f),
             Err(e) => reply.error(e.into()),
         }
@@ -363,17 +379,26 @@ impl Filesystem for FuseFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _t = crate::stats::start(crate::stats::Op::write);
-        match self.fs.do_write(fh.0, offset, data) {
+        let res = self.fs.do_write(fh.0, offset, data).and_then(|n| {
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+                && self.fs.do_kill_suidgid(ino.0)?.is_some()
+            {
+                // The write reply carries no attributes.
+                self.fs.kernel.attrs_changed(ino.0);
+            }
+            Ok(n)
+        });
+        match res {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(e.into()),
         }

@@ -134,6 +134,13 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
             fs.io.passthrough.store(true, Ordering::Relaxed);
         }
     }
+    if !fs.io.passthrough() {
+        // plyfs clears setuid/setgid itself on writes, truncates and
+        // O_TRUNC opens (fuse.rs), so the kernel stops asking for
+        // security.capability before every write (its inodes get S_NOSEC).
+        // Not with passthrough: those writes never reach plyfs.
+        want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+    }
     if !fs.io.passthrough()
         && fs.cfg.writeback.unwrap_or(true)
         && !fs.read_only()

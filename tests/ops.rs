@@ -1069,6 +1069,70 @@ fn unprivileged_write_clears_setuid_like_kernel() {
     assert_eq!(p, k);
 }
 
+/// Writes, truncate(2), ftruncate and open(O_TRUNC) by an unprivileged
+/// user clear setuid (and setgid with group execute) as on the kernel, in
+/// both I/O modes: FUSE passthrough and cached (with FUSE_HANDLE_KILLPRIV_V2
+/// the kernel leaves the clearing to plyfs).
+#[test]
+fn unprivileged_modifications_clear_setuid_like_kernel() {
+    if !require_root("unprivileged_modifications_clear_setuid_like_kernel") {
+        return;
+    }
+    let ops: [(&str, &str); 5] = [
+        ("w", "printf x >> \"$1\""),
+        ("t", "truncate -s 1 \"$1\""),
+        ("o", ": > \"$1\""),
+        ("f", "exec 3<>\"$1\" && truncate -s 2 /dev/fd/3"),
+        (
+            "p",
+            "printf yy | dd of=\"$1\" bs=1 seek=3 conv=notrunc status=none",
+        ),
+    ];
+    let modes = [0o4755, 0o2775, 0o2745, 0o6777];
+    let setup = |l: &Layers| {
+        for (n, _) in ops {
+            for (i, mode) in modes.iter().enumerate() {
+                // One lower file, one already in the upper layer.
+                for (dir, tag) in [(l.lower(0), "l"), (l.upper.as_path(), "u")] {
+                    let p = dir.join(format!("{n}{i}{tag}"));
+                    write(&p, b"#!/bin/true\n");
+                    std::os::unix::fs::lchown(&p, Some(1000), Some(1000)).unwrap();
+                    std::fs::set_permissions(&p, PermissionsExt::from_mode(*mode)).unwrap();
+                }
+            }
+        }
+    };
+    let run = |mnt: &Path, _: &Layers| {
+        let mut out = Vec::new();
+        for (n, script) in ops {
+            for i in 0..modes.len() {
+                for tag in ["l", "u"] {
+                    let path = mnt.join(format!("{n}{i}{tag}"));
+                    let ok = std::process::Command::new("setpriv")
+                        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+                        .args(["sh", "-c", script, "sh"])
+                        .arg(&path)
+                        .status()
+                        .unwrap()
+                        .success();
+                    assert!(ok, "{script} on {} as uid 1000", path.display());
+                    let st = lstat(&path).unwrap();
+                    out.push((format!("{n}{i}{tag}"), st.mode() & 0o7777, st.len()));
+                }
+            }
+        }
+        out
+    };
+    for opts in ["", "passthrough=off"] {
+        let (p, k) = plyfs_and_kernel_with(1, opts, "", setup, run);
+        assert!(
+            k.iter().any(|(_, m, _)| *m == 0o755),
+            "kernel clears setuid"
+        );
+        assert_eq!(p, k, "plyfs -o {opts:?}");
+    }
+}
+
 #[test]
 fn directory_nlink_matches_kernel() {
     if !require_root("directory_nlink_matches_kernel") {

@@ -22,6 +22,31 @@ pub struct SetAttr {
 }
 
 impl Plyfs {
+    /// Clears setuid, and setgid with group execute, of a regular file, as
+    /// the kernel does when a caller without CAP_FSETID writes or truncates
+    /// it: under `FUSE_HANDLE_KILLPRIV_V2` the kernel leaves that to plyfs
+    /// (whose own writes, with CAP_FSETID, keep the bits). Returns the new
+    /// attributes when something changed.
+    pub fn do_kill_suidgid(&self, ino: u64) -> Result<Option<FileAttr>> {
+        let attr = self.do_getattr(ino, None)?;
+        if attr.kind != libc::S_IFREG {
+            return Ok(None);
+        }
+        let mode = u32::from(attr.perm);
+        let mut new = mode & !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            new &= !libc::S_ISGID;
+        }
+        if new == mode {
+            return Ok(None);
+        }
+        let a = SetAttr {
+            mode: Some(new),
+            ..SetAttr::default()
+        };
+        self.do_setattr(ino, a).map(Some)
+    }
+
     pub fn do_setattr(&self, ino: u64, a: SetAttr) -> Result<FileAttr> {
         let node = self.node(ino)?;
         self.upper_layer()?;

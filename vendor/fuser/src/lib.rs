@@ -33,6 +33,35 @@ pub use crate::access_flags::AccessFlags;
 pub use crate::bsd_file_flags::BsdFileFlags;
 use crate::forget_one::ForgetOne;
 pub use crate::ll::Errno;
+
+thread_local! {
+    static KILL_SUIDGID: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// With `FUSE_HANDLE_KILLPRIV_V2`: whether the SETATTR or OPEN this thread
+/// is dispatching asks the filesystem to clear setuid, and setgid with
+/// group execute, of the file (`FATTR_KILL_SUIDGID`,
+/// `FUSE_OPEN_KILL_SUIDGID`; the kernel sets them when the caller lacks
+/// CAP_FSETID). Writes carry `WriteFlags::FUSE_WRITE_KILL_SUIDGID` instead.
+pub fn kill_suidgid_requested() -> bool {
+    KILL_SUIDGID.with(std::cell::Cell::get)
+}
+
+/// Sets the flag for one dispatch and clears it when dropped.
+pub(crate) struct KillSuidGid;
+
+impl KillSuidGid {
+    pub(crate) fn set(on: bool) -> KillSuidGid {
+        KILL_SUIDGID.with(|k| k.set(on));
+        KillSuidGid
+    }
+}
+
+impl Drop for KillSuidGid {
+    fn drop(&mut self) {
+        KILL_SUIDGID.with(|k| k.set(false));
+    }
+}
 pub use crate::ll::Generation;
 pub use crate::ll::RequestId;
 pub use crate::ll::TimeOrNow;

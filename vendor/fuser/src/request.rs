@@ -168,6 +168,7 @@ impl<'a> RequestWithSender<'a> {
                 );
             }
             ll::Operation::SetAttr(x) => {
+                let _kill = crate::KillSuidGid::set(x.kill_suidgid());
                 filesystem.setattr(
                     self.request_header(),
                     self.request.nodeid(),
@@ -256,6 +257,7 @@ impl<'a> RequestWithSender<'a> {
                 );
             }
             ll::Operation::Open(x) => {
+                let _kill = crate::KillSuidGid::set(x.kill_suidgid());
                 filesystem.open(
                     self.request_header(),
                     self.request.nodeid(),

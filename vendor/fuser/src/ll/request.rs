@@ -352,6 +352,10 @@ mod op {
         fn valid(&self) -> FattrFlags {
             FattrFlags::from_bits_retain(self.arg.valid)
         }
+        /// `FATTR_KILL_SUIDGID` (1 << 11).
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.arg.valid & (1 << 11) != 0
+        }
         pub(crate) fn mode(&self) -> Option<u32> {
             if self.valid().contains(FattrFlags::FATTR_MODE) {
                 Some(self.arg.mode)
@@ -664,6 +668,11 @@ mod op {
     impl Open<'_> {
         pub(crate) fn flags(&self) -> OpenFlags {
             OpenFlags(self.arg.flags)
+        }
+        /// `FUSE_OPEN_KILL_SUIDGID` in `open_flags` (the field named
+        /// `unused` here).
+        pub(crate) fn kill_suidgid(&self) -> bool {
+            self.arg.unused & 1 != 0
         }
     }
 
