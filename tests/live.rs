@@ -809,7 +809,11 @@ fn size_limit_rootless() {
         std::fs::metadata(l.upper.join("lower")).unwrap().len(),
         (300 << 10) + 2
     );
-    let record = get_xattr(&l.work.join("work"), "user.plyfs.usage").expect("user.* record");
+    // The daemon writes the record as it ends, which may be just after
+    // umount returned.
+    let read = || get_xattr(&l.work.join("work"), "user.plyfs.usage");
+    wait_until(Duration::from_secs(10), || read().is_ok());
+    let record = read().expect("user.* record");
     assert!(record.starts_with(b"plyfs-usage 1 "), "{record:?}");
 }
 
