@@ -51,6 +51,12 @@ Mount options (-o, comma separated):
   uring=auto|on|off   FUSE over io_uring (Linux 6.14+, enable_uring=Y): auto uses
                       it when the kernel offers it, on fails the mount otherwise
                       (default: $PLYFS_URING, else auto)
+  size=BYTES          most the upper layer may hold (k, M, G, T suffixes; data, directories,
+                      copy-ups; existing content counted): beyond it writes fail with ENOSPC,
+                      df shows the limit; kept across remounts; no writeback cache/passthrough
+  inodes=N            most objects the upper layer may hold (ENOSPC beyond; df -i shows it)
+  log=syslog|FILE     where the daemon logs (default: stderr with -f, else syslog/journal),
+                      at RUST_LOG's level (-d: debug); SIGUSR1 writes request figures there
   allow_other, allow_root, default_permissions, auto_unmount, fsname=, subtype=
   ro, nodev, nosuid, noexec, noatime, sync, dirsync
 Accepted and ignored: rw, dev, suid, exec, relatime, lazytime, atime, context=..., private, ...
@@ -59,6 +65,8 @@ Examples:
   plyfs -o lowerdir=/img/top:/img/base,upperdir=/c/diff,workdir=/c/work /c/merged
   mount -t fuse.plyfs overlay /c/merged -o lowerdir=...,upperdir=...,workdir=...
   plyfs --version     the FUSE protocol and what this kernel offers (passthrough, io_uring)
+  plyfs status /c/merged            layers, options, I/O mode, usage, requests (--json)
+  plyfs layer add /c/merged /img/x  a new top lower layer, live (layer remove takes one out)
 ";
 
 /// Mount options, examples, then the subcommands.

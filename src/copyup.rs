@@ -127,6 +127,9 @@ impl Plyfs {
             return Ok(());
         }
         self.upper_layer()?;
+        // A node from before a change of the lower layers no longer shown
+        // at its name loses the name here: it must not be copied up there.
+        self.refresh(node);
         let mut missing: Vec<Arc<Node>> = Vec::new();
         let mut cur = node.clone();
         loop {
@@ -197,6 +200,9 @@ impl Plyfs {
             log::warn!("lower object of {node:?} changed type under the mount");
             return Err(Errno::ESTALE);
         }
+        // The copy's space is taken before it is made (see `quota`); given
+        // back if it is not placed.
+        let charge = self.quota_copy(&st, matches!(data, DataMode::Full))?;
         let tmp = work.temp_name()?;
         let from = node.metacopy();
         let staged = self.stage_copy(lpfd.as_fd(), &lname, &st, &tmp, data, from.as_deref());
@@ -206,6 +212,10 @@ impl Plyfs {
                 work.discard(&tmp);
                 return Err(e);
             }
+        };
+        let staged_st = match &charge {
+            Some(_) => sys::fs::lstatat(work.fd(), tmp.as_cstr()).ok(),
+            None => None,
         };
         let pfd = self.upper_dir_fd(parent)?;
         let placed = if indexed {
@@ -226,6 +236,7 @@ impl Plyfs {
                 });
             }
         };
+        self.quota_placed(charge, staged_st.as_ref());
         let ident = (new.dev, new.ino);
         // A metacopy copy keeps its data below; any other copy has it.
         node.set_metacopy(marked.map(|v| {
@@ -447,6 +458,7 @@ impl Plyfs {
             return [0; 16];
         }
         self.lowers
+            .load()
             .iter()
             .find(|l| l.root.dev == dev)
             .map(|l| l.uuid)

@@ -231,15 +231,7 @@ fn mount(
                 }
                 return Err(msg);
             }
-            let notifier = s.notifier();
-            fs.kernel.connect(Box::new(move |ino| {
-                // ENOENT: the kernel no longer knows the node; fine.
-                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
-                    && e.raw_os_error() != Some(libc::ENOENT)
-                {
-                    log::debug!("cannot invalidate the attributes of {ino}: {e}");
-                }
-            }));
+            fs.kernel.connect(Box::new(s.notifier()));
             if let Some(u) = &fs.upper
                 && let Err(e) = u.work.clean_leftovers()
             {
@@ -267,9 +259,10 @@ fn serve(
     mut pipe: Option<OwnedFd>,
 ) -> Result<(), String> {
     // Before any thread starts (threads inherit the mask: the work dir's
-    // background remover, ring threads, workers): a signal the kernel
-    // delivers to a thread that does not block it kills the daemon without
-    // unmounting, and only the signal thread below waits for them.
+    // background remover, the control thread, ring threads, workers): a
+    // signal the kernel delivers to a thread that does not block it kills
+    // the daemon without unmounting, and only the signal thread below
+    // waits for them.
     if let Err(e) = sys::process::block_signals(&SIGNALS) {
         log::warn!("cannot block signals: {e:?}");
     }
@@ -277,6 +270,18 @@ fn serve(
     // Keep a quarter of the descriptors for open files and the rest of us.
     crate::fdcache::set_budget_from_limit(limit);
     let _ = sys::process::umask(0);
+    // log=FILE is opened first, so that a bad path fails the mount.
+    match &req.options.log {
+        Some(crate::logging::Target::File(path)) => match crate::logging::open_file(path) {
+            Ok(file) => crate::logging::to_file(file, path),
+            Err(msg) => {
+                report(&mut pipe, msg.as_bytes());
+                return Err(msg);
+            }
+        },
+        Some(crate::logging::Target::Syslog) => crate::logging::to_syslog(),
+        None => {}
+    }
     let fs = match crate::setup::build(&req.options, checked) {
         Ok(fs) => Arc::new(fs),
         Err(msg) => {
@@ -296,15 +301,26 @@ fn serve(
     log::info!(
         "mounted {} with {} lower layer(s){}",
         req.mountpoint.display(),
-        fs.lowers.len(),
+        fs.lowers.load().len(),
         if fs.read_only() { ", read-only" } else { "" }
     );
+    let device = record_mount(&fs, req, &config);
+    let control = match device.map(|d| crate::control::Server::start(fs.clone(), d)) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(msg)) => {
+            log::warn!("no control channel (plyfs status/layer will not reach this mount): {msg}");
+            None
+        }
+        None => None,
+    };
     if pipe.is_some() {
         // Detach from the terminal before telling the parent to exit.
         if let Ok(null) = sys::fs::open_cwd(c"/dev/null", libc::O_RDWR) {
             let _ = sys::process::redirect_stdio(null.as_fd());
         }
         let _ = sys::process::chdir(c"/");
+        // stderr is /dev/null now: log to syslog (unless to a file).
+        crate::logging::detach();
     }
     report(&mut pipe, b"ok");
     let mut unmounter = session.unmount_callable();
@@ -313,7 +329,8 @@ fn serve(
         .spawn(move || {
             while let Ok(sig) = sys::process::wait_signal(&SIGNALS) {
                 if sig == libc::SIGUSR1 {
-                    log::info!("requests: {}", crate::stats::summary());
+                    // Asked for: written whatever the log level.
+                    crate::logging::always(&format!("requests: {}", crate::stats::summary()));
                     continue;
                 }
                 log::info!("signal {sig}: unmounting");
@@ -329,8 +346,59 @@ fn serve(
     let res = session
         .run()
         .map_err(|e| format!("session ended with an error: {e}"));
+    drop(control);
     log::info!("requests: {}", crate::stats::summary());
     res
+}
+
+/// Records how the mount was made (for `plyfs status`); returns its
+/// device number, read without a request to the mount (not served yet).
+fn record_mount(
+    fs: &crate::fs::Plyfs,
+    req: &MountRequest,
+    config: &fuser::Config,
+) -> Option<(u32, u32)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(req.mountpoint.as_os_str().as_bytes()).ok()?;
+    let device = match sys::socket::device_at(sys::fs::cwd(), &path) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            log::warn!(
+                "cannot read the device of {}: {e:?}",
+                req.mountpoint.display()
+            );
+            None
+        }
+    };
+    let mountpoint = match (req.mountpoint.parent(), req.mountpoint.file_name()) {
+        (Some(p), Some(name)) => {
+            let p = if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            };
+            std::fs::canonicalize(p).map(|p| p.join(name)).ok()
+        }
+        _ => None,
+    }
+    .unwrap_or_else(|| std::path::absolute(&req.mountpoint).unwrap_or_default());
+    let o = &req.options;
+    let _ = fs.live.mount.set(crate::status::MountMeta {
+        mountpoint,
+        device: device.unwrap_or_default(),
+        source: o
+            .fsname
+            .clone()
+            .or_else(|| req.source.clone())
+            .unwrap_or_else(|| "plyfs".into()),
+        options: o.given.join(","),
+        work: o
+            .work
+            .as_ref()
+            .map(|w| std::path::absolute(w).unwrap_or_else(|_| w.clone())),
+        threads: config.n_threads.unwrap_or(1),
+    });
+    device
 }
 
 /// Mounts in this process and serves from background threads; the mount
@@ -344,6 +412,7 @@ pub fn spawn(req: &MountRequest) -> Result<fuser::BackgroundSession, String> {
     let config = mount_config(&req.options, &req.source, fs.read_only());
     fs.io.set_uring(req.options.uring.unwrap_or_default());
     let session = mount(&fs, &req.mountpoint, &config)?;
+    record_mount(&fs, req, &config);
     session
         .spawn()
         .map_err(|e| format!("cannot start the session: {e}"))

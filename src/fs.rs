@@ -75,6 +75,7 @@ pub struct UpperLayer {
 }
 
 /// One read-only layer.
+#[derive(Clone)]
 pub struct LowerLayer {
     pub path: PathBuf,
     pub root: Arc<LowerObj>,
@@ -85,7 +86,8 @@ pub struct LowerLayer {
 pub struct Plyfs {
     pub cfg: Config,
     pub upper: Option<UpperLayer>,
-    pub lowers: Vec<LowerLayer>,
+    /// The lower layers, top first (changed live by `plyfs layer`).
+    pub lowers: crate::lowerset::LowerSet,
     /// Data-only lower layers: reached only through absolute redirects of
     /// metacopy files (see `metacopy`).
     pub data_layers: Vec<LowerLayer>,
@@ -104,6 +106,10 @@ pub struct Plyfs {
     pub kernel: crate::inval::KernelCache,
     /// Recently read directory listings (see `listcache`).
     pub listings: crate::listcache::ListingCache,
+    /// `size=`/`inodes=`: the upper layer's limit and usage (see `quota`).
+    pub quota: Option<crate::quota::Quota>,
+    /// What `plyfs status` reports about the live mount (see `status`).
+    pub live: crate::status::LiveInfo,
 }
 
 impl Plyfs {
@@ -123,7 +129,7 @@ impl Plyfs {
         let fs = Plyfs {
             cfg,
             upper,
-            lowers,
+            lowers: crate::lowerset::LowerSet::new(lowers),
             data_layers: Vec::new(),
             index: None,
             table: Table::new(),
@@ -134,6 +140,8 @@ impl Plyfs {
             plus: Default::default(),
             kernel: Default::default(),
             listings: Default::default(),
+            quota: None,
+            live: Default::default(),
         };
         let root = fs.make_root()?;
         fs.table.insert_pinned(root);
@@ -142,7 +150,8 @@ impl Plyfs {
 
     fn make_root(&self) -> Result<Arc<Node>> {
         let mut state = NodeState::default();
-        let mut lowers: Vec<Arc<LowerObj>> = self.lowers.iter().map(|l| l.root.clone()).collect();
+        let mut lowers: Vec<Arc<LowerObj>> =
+            self.lowers.load().iter().map(|l| l.root.clone()).collect();
         if let Some(u) = &self.upper {
             let st = sys::fs::fstat(u.root.as_fd())?;
             state.upper = Some((st.dev, st.ino)).into();
@@ -171,7 +180,7 @@ impl Plyfs {
 
     /// Filesystem types (f_type) of all layers.
     pub fn layer_fs_types(&self) -> Vec<i64> {
-        let mut v: Vec<i64> = self.lowers.iter().map(|l| l.fs_magic).collect();
+        let mut v: Vec<i64> = self.lowers.load().iter().map(|l| l.fs_magic).collect();
         if let Some(u) = &self.upper {
             v.push(sys::fs::fs_type(u.root.as_fd()).unwrap_or(0));
         }
@@ -187,9 +196,12 @@ impl Plyfs {
         Ok(&self.upper_layer()?.work)
     }
 
-    /// The node the kernel calls `ino`.
+    /// The node the kernel calls `ino`, with its lower objects brought
+    /// up to date after a change of the lower layers (see `layers_live`).
     pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
-        self.table.get(ino).ok_or(Errno::ENOENT)
+        let node = self.table.get(ino).ok_or(Errno::ENOENT)?;
+        self.refresh(&node);
+        Ok(node)
     }
 
     /// `O_PATH` descriptor of a node's upper directory (which must exist),
@@ -359,6 +371,7 @@ impl Plyfs {
     /// The lower directories merged below `node`, with lower opaque markers
     /// applied (done once per node, lazily for nodes made from listings).
     pub fn dir_stack(&self, node: &Node) -> Result<Stack> {
+        self.refresh(node);
         let (stack, checked) = {
             let s = node.state.read();
             (s.lowers.stack(), s.stack_checked)

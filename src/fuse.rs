@@ -139,6 +139,7 @@ impl Filesystem for FuseFs {
         if let Some(u) = &self.fs.upper {
             u.work.finish();
         }
+        self.fs.quota_save();
     }
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -147,7 +148,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        crate::stats::count(crate::stats::Op::lookup);
+        let _t = crate::stats::start(crate::stats::Op::lookup);
         match names::check(name).and_then(|n| self.fs.do_lookup(parent.0, &n)) {
             Ok(Some(found)) => self.entry(reply, Ok(found)),
             Ok(None) => reply.entry(
@@ -165,7 +166,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        crate::stats::count(crate::stats::Op::getattr);
+        let _t = crate::stats::start(crate::stats::Op::getattr);
         match self.fs.do_getattr(ino.0, fh.map(|f| f.0)) {
             Ok(attr) => reply.attr(&self.ttl(), &fuse_attr(&attr)),
             Err(e) => reply.error(e.into()),
@@ -190,7 +191,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        crate::stats::count(crate::stats::Op::setattr);
+        let _t = crate::stats::start(crate::stats::Op::setattr);
         let a = SetAttr {
             mode,
             uid,
@@ -213,7 +214,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        crate::stats::count(crate::stats::Op::readlink);
+        let _t = crate::stats::start(crate::stats::Op::readlink);
         match self.fs.do_readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e.into()),
@@ -230,7 +231,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        crate::stats::count(crate::stats::Op::mknod);
+        let _t = crate::stats::start(crate::stats::Op::mknod);
         let what = if mode & libc::S_IFMT == libc::S_IFREG {
             NewObject::File {
                 mode,
@@ -254,7 +255,7 @@ impl Filesystem for FuseFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        crate::stats::count(crate::stats::Op::mkdir);
+        let _t = crate::stats::start(crate::stats::Op::mkdir);
         self.create_entry(
             creator(req, umask),
             parent,
@@ -265,7 +266,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        crate::stats::count(crate::stats::Op::unlink);
+        let _t = crate::stats::start(crate::stats::Op::unlink);
         done(
             reply,
             names::check(name).and_then(|n| self.fs.do_unlink(parent.0, &n)),
@@ -273,7 +274,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        crate::stats::count(crate::stats::Op::rmdir);
+        let _t = crate::stats::start(crate::stats::Op::rmdir);
         done(
             reply,
             names::check(name).and_then(|n| self.fs.do_rmdir(parent.0, &n)),
@@ -288,7 +289,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        crate::stats::count(crate::stats::Op::symlink);
+        let _t = crate::stats::start(crate::stats::Op::symlink);
         let target = target.as_os_str().as_bytes();
         self.create_entry(
             caller(req),
@@ -309,7 +310,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::rename);
+        let _t = crate::stats::start(crate::stats::Op::rename);
         let res = names::check(name).and_then(|a| {
             let b = names::check(newname)?;
             self.fs
@@ -326,7 +327,7 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        crate::stats::count(crate::stats::Op::link);
+        let _t = crate::stats::start(crate::stats::Op::link);
         match self.fs.node(ino.0) {
             Ok(source) => self.create_entry(
                 caller(req),
@@ -340,7 +341,7 @@ impl Filesystem for FuseFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        crate::stats::count(crate::stats::Op::open);
+        let _t = crate::stats::start(crate::stats::Op::open);
         let res = self
             .fs
             .do_open(ino.0, flags.0, req.uid())
@@ -368,7 +369,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        crate::stats::count(crate::stats::Op::read);
+        let _t = crate::stats::start(crate::stats::Op::read);
         match self.fs.do_read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e.into()),
@@ -387,7 +388,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        crate::stats::count(crate::stats::Op::write);
+        let _t = crate::stats::start(crate::stats::Op::write);
         let res = self.fs.do_write(fh.0, offset, data).and_then(|n| {
             if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
                 && self.fs.do_kill_suidgid(ino.0)?.is_some()
@@ -411,7 +412,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::flush);
+        let _t = crate::stats::start(crate::stats::Op::flush);
         // Nothing to do on close(2): ENOSYS makes the kernel stop sending
         // FLUSH (it still writes dirty pages back before that check).
         reply.error(Errno::ENOSYS.into());
@@ -427,7 +428,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::release);
+        let _t = crate::stats::start(crate::stats::Op::release);
         self.fs.do_release(fh.0);
         reply.ok();
     }
@@ -440,12 +441,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::fsync);
+        let _t = crate::stats::start(crate::stats::Op::fsync);
         done(reply, self.fs.do_fsync(fh.0, datasync));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        crate::stats::count(crate::stats::Op::opendir);
+        let _t = crate::stats::start(crate::stats::Op::opendir);
         if self
             .fs
             .io
@@ -470,7 +471,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        crate::stats::count(crate::stats::Op::readdir);
+        let _t = crate::stats::start(crate::stats::Op::readdir);
         let res = self.fs.do_readdir(ino.0, fh.0, offset, |item| {
             !reply.add(
                 INodeNo(item.ino),
@@ -493,7 +494,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        crate::stats::count(crate::stats::Op::readdirplus);
+        let _t = crate::stats::start(crate::stats::Op::readdirplus);
         let ttl = self.ttl();
         let res = self.fs.do_readdirplus(ino.0, fh.0, offset, |item, entry| {
             let name = OsStr::from_bytes(&item.name);
@@ -539,7 +540,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::releasedir);
+        let _t = crate::stats::start(crate::stats::Op::releasedir);
         self.fs.do_releasedir(fh.0);
         reply.ok();
     }
@@ -552,12 +553,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::fsyncdir);
+        let _t = crate::stats::start(crate::stats::Op::fsyncdir);
         done(reply, self.fs.do_fsyncdir(ino.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        crate::stats::count(crate::stats::Op::statfs);
+        let _t = crate::stats::start(crate::stats::Op::statfs);
         match self.fs.do_statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -576,7 +577,7 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::setxattr);
+        let _t = crate::stats::start(crate::stats::Op::setxattr);
         done(
             reply,
             self.fs.do_setxattr(ino.0, name.as_bytes(), value, flags),
@@ -584,22 +585,22 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        crate::stats::count(crate::stats::Op::getxattr);
+        let _t = crate::stats::start(crate::stats::Op::getxattr);
         reply_xattr(self.fs.do_getxattr(ino.0, name.as_bytes()), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        crate::stats::count(crate::stats::Op::listxattr);
+        let _t = crate::stats::start(crate::stats::Op::listxattr);
         reply_xattr(self.fs.do_listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        crate::stats::count(crate::stats::Op::removexattr);
+        let _t = crate::stats::start(crate::stats::Op::removexattr);
         done(reply, self.fs.do_removexattr(ino.0, name.as_bytes()));
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        crate::stats::count(crate::stats::Op::access);
+        let _t = crate::stats::start(crate::stats::Op::access);
         done(reply, self.fs.do_access(ino.0, mask.bits(), caller(req)));
     }
 
@@ -613,7 +614,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        crate::stats::count(crate::stats::Op::create);
+        let _t = crate::stats::start(crate::stats::Op::create);
         let res = names::check(name).and_then(|n| {
             self.fs.do_create_object(
                 parent.0,
@@ -658,7 +659,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        crate::stats::count(crate::stats::Op::fallocate);
+        let _t = crate::stats::start(crate::stats::Op::fallocate);
         done(reply, self.fs.do_fallocate(fh.0, offset, length, mode));
     }
 
@@ -671,7 +672,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        crate::stats::count(crate::stats::Op::lseek);
+        let _t = crate::stats::start(crate::stats::Op::lseek);
         match self.fs.do_lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e.into()),
@@ -689,7 +690,7 @@ impl Filesystem for FuseFs {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
-        crate::stats::count(crate::stats::Op::ioctl);
+        let _t = crate::stats::start(crate::stats::Op::ioctl);
         // The kernel sends these for lsattr/chattr (its fileattr calls), with
         // the flags as a 4-byte int and struct fsxattr as 28 bytes.
         const GETFLAGS: [u32; 2] = [0x8008_6601, 0x8004_6601];
@@ -738,7 +739,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        crate::stats::count(crate::stats::Op::copy_file_range);
+        let _t = crate::stats::start(crate::stats::Op::copy_file_range);
         match self
             .fs
             .do_copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

@@ -125,4 +125,16 @@ impl Handles {
     pub fn open_files(&self) -> usize {
         self.files.len()
     }
+
+    pub fn open_dirs(&self) -> usize {
+        self.dirs.len()
+    }
+
+    /// Every open file and directory handle (for `plyfs layer remove`).
+    pub fn all(&self) -> (Vec<Arc<OpenFile>>, Vec<Arc<DirHandle>>) {
+        (
+            self.files.iter().map(|e| e.value().clone()).collect(),
+            self.dirs.iter().map(|e| e.value().clone()).collect(),
+        )
+    }
 }

@@ -47,7 +47,13 @@ impl Plyfs {
         if let Some(m) = self.link_maps.get(&layer) {
             return Ok(m.clone());
         }
-        let root = self.lowers.get(layer).ok_or(Errno::EIO)?.root.clone();
+        let root = self
+            .lowers
+            .load()
+            .by_id(layer)
+            .ok_or(Errno::EIO)?
+            .root
+            .clone();
         let mut map = LinkMap::new();
         scan(&root, &mut map)?;
         let map = Arc::new(map);
@@ -144,7 +150,7 @@ impl Plyfs {
     /// at `comps` in layer `layer`: where that directory went when it was
     /// renamed (its path in the merged view no longer leads to it).
     fn moved_lower_dir(&self, layer: usize, comps: &[Box<[u8]>]) -> Result<Option<Held<'_>>> {
-        let Some(root) = self.lowers.get(layer).map(|l| l.root.clone()) else {
+        let Some(root) = self.lowers.load().by_id(layer).map(|l| l.root.clone()) else {
             return Ok(None);
         };
         let mut cur = root;

@@ -391,6 +391,7 @@ impl Plyfs {
             origin: e.origin.clone(),
             redirect: e.redirect.clone(),
             metacopy: None,
+            generation: 0,
         })
     }
 

@@ -42,9 +42,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let level = if req.options.debug { "debug" } else { "warn" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_micros()
-        .init();
+    plyfs::logging::init(req.options.debug);
     std::process::exit(plyfs::daemon::run(req));
 }

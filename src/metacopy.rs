@@ -207,7 +207,7 @@ impl Plyfs {
             None => (Target::Name(name.as_bytes().to_vec()), false),
         };
         let positions = if abs {
-            self.lowers.iter().map(|l| l.root.clone()).collect()
+            self.lowers.load().iter().map(|l| l.root.clone()).collect()
         } else {
             stack.to_vec()
         };
@@ -256,6 +256,7 @@ impl Plyfs {
                 Target::Abs(c),
                 true,
                 self.lowers
+                    .load()
                     .iter()
                     .filter(|l| l.root.layer() > top.layer())
                     .map(|l| l.root.clone())
@@ -351,6 +352,7 @@ impl Plyfs {
                     target = Target::Abs(c);
                     positions = self
                         .lowers
+                        .load()
                         .iter()
                         .filter(|l| l.root.layer() > obj.layer())
                         .map(|l| l.root.clone())

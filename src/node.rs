@@ -254,6 +254,43 @@ impl Lowers {
         }
     }
 
+    /// Every lower object, made into [`LowerObj`]s (see [`Lowers::top`]).
+    pub fn to_vec(&self, kind: u32) -> Vec<Arc<LowerObj>> {
+        match &self.0 {
+            LowersRepr::Entry(_) => self.top(kind).into_iter().collect(),
+            LowersRepr::Stack(s) => s.to_vec(),
+        }
+    }
+
+    /// Id of the top lower object's layer.
+    pub fn top_layer(&self) -> Option<usize> {
+        match &self.0 {
+            LowersRepr::Entry(e) => Some(e.parent.layer()),
+            LowersRepr::Stack(s) => s.first().map(|l| l.layer()),
+        }
+    }
+
+    /// Whether an object of layer `id` is among them.
+    pub fn has_layer(&self, id: usize) -> bool {
+        match &self.0 {
+            LowersRepr::Entry(e) => e.parent.layer() == id,
+            LowersRepr::Stack(s) => s.iter().any(|l| l.layer() == id),
+        }
+    }
+
+    /// Keeps only the objects `keep` accepts.
+    pub fn retain(&mut self, kind: u32, keep: impl Fn(&LowerObj) -> bool) {
+        let all = self.to_vec(kind);
+        if all.iter().all(|l| keep(l)) {
+            return;
+        }
+        *self = all
+            .into_iter()
+            .filter(|l| keep(l))
+            .collect::<Vec<_>>()
+            .into();
+    }
+
     pub fn len(&self) -> usize {
         match &self.0 {
             LowersRepr::Entry(_) => 1,
@@ -346,6 +383,9 @@ pub struct NodeState {
     pub xattr_whiteouts: bool,
     /// The object has no name left in the merged tree.
     pub unlinked: bool,
+    /// Generation of the lower-layer list `lowers` was found with (see
+    /// `layers_live`); 0: the list at mount, or not known.
+    pub layers_gen: u64,
 }
 
 /// What few nodes need: directories (a cached descriptor, a version for
@@ -480,7 +520,10 @@ impl Node {
             .read()
             .lowers
             .top(self.kind)
-            .ok_or(crate::sys::Errno::EIO)
+            // No lower object left: its layer was removed from the live
+            // mount after the kernel looked the name up. ESTALE makes the
+            // kernel look the name up again and retry (open, stat).
+            .ok_or(crate::sys::Errno::ESTALE)
     }
 
     pub fn has_upper(&self) -> bool {

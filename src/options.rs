@@ -198,6 +198,16 @@ pub struct MountOptions {
     pub nfs_export: Option<bool>,
     pub uuid: Option<UuidMode>,
     pub verity: Option<Verity>,
+    /// `log=syslog|FILE`: where the daemon logs (default: stderr in the
+    /// foreground, syslog in the background).
+    pub log: Option<crate::logging::Target>,
+    /// `size=BYTES`: most the upper layer may hold (see `quota`).
+    pub size_limit: Option<u64>,
+    /// `inodes=N`: most objects the upper layer may hold.
+    pub inodes_limit: Option<u64>,
+    /// The options as given, without the layer directories (for `plyfs
+    /// status`).
+    pub given: Vec<String>,
 }
 
 /// Splits an option string at unescaped commas outside double quotes.
@@ -321,6 +331,29 @@ pub fn parse_lowerdir(v: &[u8]) -> Result<(LayerList, LayerList), String> {
         i += 1;
     }
     Ok((regular, data))
+}
+
+/// Parses a size or count with an optional binary suffix: `k`, `M`, `G`,
+/// `T` (either case, also `KiB`-style), like tmpfs's `size=`.
+pub fn parse_size(key: &str, v: &[u8]) -> Result<u64, String> {
+    let s = text(key, v)?;
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, suffix) = t.split_at(digits);
+    let bad = || {
+        format!("option {key}: expected a number with an optional k, M, G or T suffix, got {s:?}")
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("option {key}: {s:?} is too large"))
 }
 
 /// Removes backslash escapes from a single path value.
@@ -459,6 +492,12 @@ impl MountOptions {
     pub fn apply_str(&mut self, s: &[u8]) -> Result<(), String> {
         for opt in split_options(s) {
             self.apply_one(&opt)?;
+            let shown = !(opt.starts_with(b"lowerdir=")
+                || opt.starts_with(b"upperdir=")
+                || opt.starts_with(b"workdir="));
+            if shown {
+                self.given.push(String::from_utf8_lossy(&opt).into_owned());
+            }
         }
         Ok(())
     }
@@ -596,6 +635,10 @@ impl MountOptions {
             }
             "writeback" => self.writeback = Some(on_off(k, &need(value)?)?),
             "uring" => self.uring = Some(Uring::parse(k, &need(value)?)?),
+            "log" => self.log = Some(crate::logging::Target::parse(&need(value)?)?),
+            // 0 means no limit, as for tmpfs.
+            "size" => self.size_limit = Some(parse_size(k, &need(value)?)?).filter(|n| *n > 0),
+            "inodes" => self.inodes_limit = Some(parse_size(k, &need(value)?)?).filter(|n| *n > 0),
             "context" | "fscontext" | "defcontext" | "rootcontext" => {
                 self.context = Some(text(k, &need(value)?)?.trim_matches('"').to_string());
             }
@@ -802,6 +845,44 @@ mod tests {
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(o.lowers[0].as_os_str().as_bytes(), b"/a\xff");
         assert_eq!(o.upper.unwrap().as_os_str().as_bytes(), b"/u\xfe");
+    }
+
+    #[test]
+    fn sizes_and_logs() {
+        let o = parse("lowerdir=/a,size=10M,inodes=2k,log=/tmp/x.log").unwrap();
+        assert_eq!(o.size_limit, Some(10 << 20));
+        assert_eq!(o.inodes_limit, Some(2048));
+        assert_eq!(
+            o.log,
+            Some(crate::logging::Target::File("/tmp/x.log".into()))
+        );
+        assert_eq!(o.given, vec!["size=10M", "inodes=2k", "log=/tmp/x.log"]);
+        assert_eq!(
+            parse("lowerdir=/a,size=3G").unwrap().size_limit,
+            Some(3 << 30)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=1t").unwrap().size_limit,
+            Some(1 << 40)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=4096").unwrap().size_limit,
+            Some(4096)
+        );
+        assert_eq!(
+            parse("lowerdir=/a,size=5KiB").unwrap().size_limit,
+            Some(5120)
+        );
+        assert_eq!(parse("lowerdir=/a,size=0").unwrap().size_limit, None);
+        assert!(parse("lowerdir=/a,size=10X").is_err());
+        assert!(parse("lowerdir=/a,size=-1").is_err());
+        assert!(parse("lowerdir=/a,size=M").is_err());
+        assert!(parse("lowerdir=/a,size=99999999999T").is_err());
+        assert!(parse("lowerdir=/a,log=").is_err());
+        assert_eq!(
+            parse("lowerdir=/a,log=syslog").unwrap().log,
+            Some(crate::logging::Target::Syslog)
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Found {
     /// Regular files whose top object holds metadata only: where the data
     /// is (see `metacopy`).
     pub metacopy: Option<Arc<crate::metacopy::DataRef>>,
+    /// Generation of the lower-layer list this was found with (0: not
+    /// known; see `layers_live`).
+    pub generation: u64,
 }
 
 /// What to look for in the lower layers: a name in the parent's lower
@@ -113,6 +116,7 @@ impl Found {
             origin: None,
             redirect: None,
             metacopy: None,
+            generation: 0,
         }
     }
 
@@ -127,6 +131,7 @@ impl Found {
             impure: self.impure,
             xattr_whiteouts: self.xattr_whiteouts,
             unlinked: false,
+            layers_gen: self.generation,
         }
     }
 
@@ -152,6 +157,7 @@ impl Found {
             origin: None,
             redirect: None,
             metacopy: None,
+            generation: 0,
         }
     }
 
@@ -189,6 +195,15 @@ impl Plyfs {
 
     /// Resolves `name` in the merged directory `parent`.
     pub fn resolve(&self, parent: &Arc<Node>, name: &Name) -> Result<Lookup> {
+        let generation = self.lowers.generation();
+        let mut res = self.resolve_in(parent, name)?;
+        if let Lookup::Found(f) = &mut res {
+            f.generation = generation;
+        }
+        Ok(res)
+    }
+
+    fn resolve_in(&self, parent: &Arc<Node>, name: &Name) -> Result<Lookup> {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
@@ -306,8 +321,9 @@ impl Plyfs {
         mut target: Target,
         have_dir_above: bool,
     ) -> Result<LowerHit> {
-        let roots =
-            || -> Vec<Arc<LowerObj>> { self.lowers.iter().map(|l| l.root.clone()).collect() };
+        let roots = || -> Vec<Arc<LowerObj>> {
+            self.lowers.load().iter().map(|l| l.root.clone()).collect()
+        };
         let mut positions: Vec<Arc<LowerObj>> = match target {
             Target::Abs(_) => roots(),
             Target::Name(_) => stack.to_vec(),
@@ -485,8 +501,9 @@ impl Plyfs {
             return f.lowers.first().map(|l| (l.dev, l.ino)).ok_or(Errno::EIO);
         };
         if let Some(o) = f.origin.as_deref().and_then(origin::decode) {
+            let layers = self.lowers.load();
             for l in &f.lowers {
-                let magic = self.lowers.get(l.layer()).map(|x| x.fs_magic).unwrap_or(0);
+                let magic = layers.by_id(l.layer()).map(|x| x.fs_magic).unwrap_or(0);
                 if o.inode_number(magic) == Some(l.ino) {
                     return Ok((l.dev, l.ino));
                 }
@@ -494,7 +511,7 @@ impl Plyfs {
             let zero = o.uuid == [0; 16];
             // uuid=off: handles carry a null UUID, and only those count.
             let off = self.cfg.features.uuid == crate::options::UuidMode::Off;
-            for layer in &self.lowers {
+            for layer in layers.iter() {
                 if (zero || (!off && layer.uuid == o.uuid))
                     && let Some(ino) = o.inode_number(layer.fs_magic)
                 {
@@ -526,6 +543,9 @@ impl Plyfs {
         name: &Name,
         f: Found,
     ) -> Result<(Held<'_>, FileAttr)> {
+        // A directory known before a change of the lower layers keeps its
+        // node (see `layers_live`).
+        self.adopt_stale_dir(parent, name, &f);
         let ino = self.number_of(&f)?;
         let origin = if f.upper.is_some() {
             self.number_ident(&f).ok()
@@ -568,6 +588,9 @@ impl Plyfs {
             || f.node(ino, alias.clone()),
         );
         node.add_alias(alias);
+        if !sibling {
+            self.note_found(&node, &f);
+        }
         if f.upper.is_some() && !sibling && node.state.read().upper.is_none() {
             // Copied up by a thread that has not recorded it yet.
             node.state.write().upper = f.upper.into();

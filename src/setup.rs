@@ -37,13 +37,13 @@ pub struct Checked {
     pub in_use: Vec<OwnedFd>,
 }
 
-fn describe(e: Errno) -> String {
+pub(crate) fn describe(e: Errno) -> String {
     std::io::Error::from_raw_os_error(e.code()).to_string()
 }
 
 /// Opens a directory given on the command line, with a clear message for
 /// each way it can fail.
-fn open_dir(what: &str, path: &Path) -> Result<OwnedFd, String> {
+pub(crate) fn open_dir(what: &str, path: &Path) -> Result<OwnedFd, String> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| format!("{what} {}: path contains a NUL byte", path.display()))?;
     match sys::fs::open_cwd(&c, libc::O_PATH | libc::O_DIRECTORY) {
@@ -62,12 +62,12 @@ fn open_dir(what: &str, path: &Path) -> Result<OwnedFd, String> {
     }
 }
 
-fn canonical(path: &Path) -> PathBuf {
+pub(crate) fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// `a` is `b` or lies inside it.
-fn within(a: &Path, b: &Path) -> bool {
+pub(crate) fn within(a: &Path, b: &Path) -> bool {
     a.starts_with(b)
 }
 
@@ -324,7 +324,7 @@ fn same_object(a: &OwnedFd, b: &OwnedFd) -> bool {
 /// A private clone of the mount a lower layer lives on, rooted at the
 /// layer and read-only (see `sys::mount`); `None` where this process may
 /// not clone mounts (unprivileged, or locked mounts in a user namespace).
-fn private_lower(fd: &OwnedFd) -> Option<OwnedFd> {
+pub(crate) fn private_lower(fd: &OwnedFd) -> Option<OwnedFd> {
     let clone = match sys::mount::clone_tree(fd.as_fd()) {
         Ok(c) => c,
         Err(e) => {
@@ -373,7 +373,7 @@ fn private_upper(cu: &Path, cw: &Path, ufd: &OwnedFd, wfd: &OwnedFd) -> Option<(
 
 /// Without a private clone, a mountpoint inside a layer would show plyfs
 /// its own mount there: its lookups would wait on themselves. Refuse it.
-fn refuse_mountpoint_inside(
+pub(crate) fn refuse_mountpoint_inside(
     what: &str,
     path: &Path,
     canon: &Path,
@@ -420,13 +420,18 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
     let mut lowers = Vec::new();
     let mut data_layers = Vec::new();
     let nregular = c.lowers.len();
+    // Absolute, as `plyfs status` shows them and `plyfs layer` compares
+    // them after the daemon has left its working directory.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     for (i, (path, fd)) in c.lowers.into_iter().chain(c.data).enumerate() {
+        let path = absolute(path);
         let dir = sys::fs::open_dir_here(fd.as_fd())
             .map_err(|e| format!("cannot read lowerdir {}: {}", path.display(), describe(e)))?;
         let fs_magic = sys::fs::fs_type(fd.as_fd()).unwrap_or(0);
         let uuid = sys::handle::fs_uuid(dir.as_fd());
-        // Data-only layers are numbered after the regular ones.
-        let root = LowerObj::root(i, fd, path.clone())
+        // Data-only layers are numbered after the regular ones; ids keep
+        // the layers' order (see `lowerset`).
+        let root = LowerObj::root(crate::lowerset::FIRST_ID + i, fd, path.clone())
             .map_err(|e| format!("cannot stat lowerdir {}: {}", path.display(), describe(e)))?;
         let layer = LowerLayer {
             path,
@@ -461,7 +466,7 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
                 .map_err(|e| format!("cannot stat upperdir: {}", describe(e)))?
                 .dev;
             Some(UpperLayer {
-                path: upath,
+                path: absolute(upath),
                 root: Arc::new(ufd),
                 dev,
                 work,
@@ -545,10 +550,18 @@ pub fn build(o: &MountOptions, c: Checked) -> Result<Plyfs, String> {
         writeback: o.writeback,
         xino: o.xino,
     };
+    let volatile = cfg.volatile;
     let mut fs = Plyfs::new(cfg, upper, lowers, o.ino32)
         .map_err(|e| format!("cannot set up the mount: {}", describe(e)))?;
     fs.data_layers = data_layers;
     fs.index = index;
+    fs.quota = crate::quota::setup(
+        o.size_limit,
+        o.inodes_limit,
+        fs.upper.as_ref(),
+        prefix,
+        volatile,
+    )?;
     Ok(fs)
 }
 

@@ -307,6 +307,15 @@ impl Table {
         v
     }
 
+    /// Every node, referenced (see [`Table::dirs`]).
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
+        let mut v = Vec::new();
+        for shard in self.shards.iter() {
+            v.extend(shard.read().iter().map(|s| s.node.clone()));
+        }
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }

@@ -64,7 +64,7 @@ impl IoModes {
         }
     }
 
-    fn mode_name(&self) -> &'static str {
+    pub fn mode_name(&self) -> &'static str {
         if self.passthrough() {
             "passthrough"
         } else if self.writeback() {
@@ -117,7 +117,8 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
         .map(|p| p != Passthrough::Off)
         .unwrap_or(!fs.cfg.volatile)
         && caps.contains(InitFlags::FUSE_PASSTHROUGH)
-        && can_passthrough();
+        && can_passthrough()
+        && counts_writes(fs, "passthrough");
     if passthrough {
         // Layers on a stacked filesystem need depth 2; else stay at 1 so
         // that a plyfs mount may itself be a layer of an overlay mount.
@@ -140,7 +141,11 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
         // Not with passthrough: those writes never reach plyfs.
         want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     }
-    if !fs.io.passthrough() && fs.cfg.writeback.unwrap_or(true) && !fs.read_only() {
+    if !fs.io.passthrough()
+        && fs.cfg.writeback.unwrap_or(true)
+        && !fs.read_only()
+        && counts_writes(fs, "writeback")
+    {
         want |= InitFlags::FUSE_WRITEBACK_CACHE;
         fs.io.writeback.store(
             caps.contains(InitFlags::FUSE_WRITEBACK_CACHE),
@@ -167,6 +172,25 @@ pub fn configure(fs: &Plyfs, config: &mut KernelConfig) {
     let _ = config.set_congestion_threshold(48);
 }
 
+/// A size-limited mount (`size=`, see `quota`) must see every write when
+/// it is made: passthrough would let the kernel write the upper file
+/// directly, and the writeback cache would accept writes that fail later.
+fn counts_writes(fs: &Plyfs, mode: &str) -> bool {
+    if fs.quota.is_none() {
+        return true;
+    }
+    let asked = match mode {
+        "passthrough" => fs.cfg.passthrough.is_some_and(|p| p != Passthrough::Off),
+        _ => fs.cfg.writeback == Some(true),
+    };
+    if asked {
+        log::warn!(
+            "{mode}=on is not used with size=/inodes=: writes must go through plyfs to be counted"
+        );
+    }
+    false
+}
+
 /// io_uring queue threads (used when the kernel offers it). Two threads per
 /// CPU queue, each with one ring entry: a request from a CPU waits only when
 /// both are busy. With one, a long request (a 1 GiB copy-up) held up every
@@ -190,6 +214,7 @@ pub fn check_transport<F: fuser::Filesystem>(
         _ => "/dev/fuse".to_string(),
     };
     log::info!("I/O mode: {}, transport: {transport}", fs.io.mode_name());
+    let _ = fs.live.transport.set(transport);
     if fs.io.uring() != Uring::On || matches!(status, UringStatus::Active { .. }) {
         return Ok(());
     }

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 pub mod apply;
 pub mod diff;
 pub mod docs;
+pub mod layer;
+pub mod status;
 
 /// One subcommand: its name and a one-line summary (for `plyfs --help`).
 pub struct Entry {
@@ -30,6 +32,14 @@ pub const TABLE: &[Entry] = &[
     Entry {
         name: "apply",
         about: "extract a layer tar into a directory, in kernel overlay (or OCI) format",
+    },
+    Entry {
+        name: "status",
+        about: "show a live mount's layers, options, daemon, I/O modes and request figures",
+    },
+    Entry {
+        name: "layer",
+        about: "add a lower layer to a live mount (layer add MNT DIR), or remove one",
     },
     Entry {
         name: "man",
@@ -56,6 +66,8 @@ pub(crate) struct Cli {
 enum Command {
     Diff(diff::Args),
     Apply(apply::Args),
+    Status(status::Args),
+    Layer(layer::Args),
     Man(docs::ManArgs),
     Completions(docs::CompletionsArgs),
 }
@@ -114,6 +126,8 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let res = match cli.command {
         Command::Diff(a) => diff::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Layer(a) => layer::run(a),
         Command::Man(a) => docs::man(a),
         Command::Completions(a) => docs::completions(a),
     };
@@ -177,6 +191,8 @@ mod tests {
         let v = |s: &[&str]| s.iter().map(OsString::from).collect::<Vec<_>>();
         assert!(is_subcommand(&v(&["plyfs", "diff", "/u"])));
         assert!(is_subcommand(&v(&["plyfs", "apply", "l.tar", "/d"])));
+        assert!(is_subcommand(&v(&["plyfs", "status", "/m"])));
+        assert!(is_subcommand(&v(&["plyfs", "layer", "add", "/m", "/d"])));
         assert!(!is_subcommand(&v(&["plyfs", "-o", "lowerdir=/a", "/m"])));
         assert!(!is_subcommand(&v(&[
             "plyfs",

@@ -114,12 +114,19 @@ impl Plyfs {
         let pst = sys::fs::fstat(pfd.as_fd())?;
         let (uid, gid) = self.new_owner(caller, &pst)?;
         let what = self.apply_umask(what, caller.umask, &pfd)?;
+        // A new inode (not a new link) takes its space first (see `quota`).
+        let charge = match &what {
+            NewObject::Link { .. } => None,
+            NewObject::Dir { .. } => self.quota_new(libc::S_IFDIR)?,
+            _ => self.quota_new(0)?,
+        };
         let mut fd = None;
         let st = if whiteout {
             self.create_staged(&pfd, name, &what, uid, gid, &pst, &mut fd)?
         } else {
             self.create_direct(pfd.as_fd(), name, &what, uid, gid, &pst, &mut fd)?
         };
+        self.quota_made(charge, &st);
         parent.touch_version();
         let mut found = Found::upper_only(st);
         found.opaque = what.is_dir() && (whiteout || found.opaque);

@@ -87,9 +87,19 @@ impl Plyfs {
                 // open(O_RDONLY|O_TRUNC) truncates too (the kernel checked
                 // write permission): through a writable descriptor.
                 let w = self.open_upper(node, libc::O_WRONLY | libc::O_NOFOLLOW)?;
-                sys::io::ftruncate(w.as_fd(), 0)?;
+                self.quota_measure(
+                    node,
+                    w.as_fd(),
+                    |_, _| 0,
+                    || sys::io::ftruncate(w.as_fd(), 0),
+                )?;
             } else {
-                sys::io::ftruncate(fd.as_fd(), 0)?;
+                self.quota_measure(
+                    node,
+                    fd.as_fd(),
+                    |_, _| 0,
+                    || sys::io::ftruncate(fd.as_fd(), 0),
+                )?;
             }
             if caller_uid != 0 {
                 self.kill_suid(node, fd.as_fd())?;
@@ -165,12 +175,16 @@ impl Plyfs {
         if !f.is_on_upper() {
             return Err(Errno::EBADF);
         }
-        sys::io::pwrite_all(f.fd().as_fd(), data, offset)
+        let fd = f.fd();
+        self.quota_write(&f.node, fd.as_fd(), offset, data.len() as u64, || {
+            sys::io::pwrite_all(fd.as_fd(), data, offset)
+        })
     }
 
     pub fn do_release(&self, fh: u64) {
         if let Some(f) = self.handles.remove_file(fh) {
             crate::tuning::released(&f);
+            self.quota_release(&f.node, f.fd().as_fd());
         }
     }
 
@@ -187,7 +201,10 @@ impl Plyfs {
         if !f.is_on_upper() {
             return Err(Errno::EBADF);
         }
-        sys::io::fallocate(f.fd().as_fd(), mode, offset, len)
+        let fd = f.fd();
+        self.quota_fallocate(&f.node, fd.as_fd(), mode, offset, len, || {
+            sys::io::fallocate(fd.as_fd(), mode, offset, len)
+        })
     }
 
     pub fn do_lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
@@ -218,6 +235,9 @@ impl Plyfs {
             return Err(Errno::EBADF);
         }
         let len = len.min(1 << 30) as usize;
-        sys::io::copy_file_range(fin.fd().as_fd(), off_in, fout.fd().as_fd(), off_out, len)
+        let out = fout.fd();
+        self.quota_write(&fout.node, out.as_fd(), off_out, len as u64, || {
+            sys::io::copy_file_range(fin.fd().as_fd(), off_in, out.as_fd(), off_out, len)
+        })
     }
 }

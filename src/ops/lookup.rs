@@ -90,11 +90,14 @@ impl Plyfs {
         let mut st = match &self.upper {
             Some(u) => sys::fs::fstatfs(u.root.as_fd())?,
             None => {
-                let root = self.lowers.first().ok_or(Errno::EIO)?.root.clone();
+                let root = self.lowers.load().first().ok_or(Errno::EIO)?.root.clone();
                 sys::fs::fstatfs(root.dir_fd()?.as_fd())?
             }
         };
         st.namelen = crate::names::NAME_MAX as u32;
+        if let Some(q) = &self.quota {
+            q.limit_statfs(&mut st);
+        }
         Ok(st)
     }
 

@@ -91,6 +91,7 @@ impl Plyfs {
         parent.touch_version();
         if let (Some(u), true) = (f.upper, last_link) {
             self.inos.unalias(u);
+            self.quota_removed(&f.stat, victim.as_deref());
         }
         if let Some(v) = &victim {
             v.remove_alias(parent.ino, name.as_bytes());

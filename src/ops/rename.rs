@@ -228,10 +228,12 @@ impl Plyfs {
             )?;
         }
         if let Some(df) = replaced {
+            let victim = self.number_of(&df).ok().and_then(|i| self.table.get(i));
             if let (Some(u), true) = (df.upper, df.is_dir() || df.stat.nlink <= 1) {
                 self.inos.unalias(u);
+                self.quota_removed(&df.stat, victim.as_deref());
             }
-            if let Some(victim) = self.number_of(&df).ok().and_then(|i| self.table.get(i)) {
+            if let Some(victim) = victim {
                 victim.remove_alias(newparent.ino, newname.as_bytes());
                 if df.is_dir() || df.stat.nlink <= 1 || df.upper.is_none() {
                     victim.state.write().unlinked = df.upper.is_some();

@@ -123,18 +123,24 @@ impl Plyfs {
         if let Some(size) = a.size {
             let writable =
                 handle.filter(|h| h.is_on_upper() && (h.flags & libc::O_ACCMODE) != libc::O_RDONLY);
-            match writable {
-                Some(h) => sys::io::ftruncate(h.fd().as_fd(), size)?,
+            let f = match writable {
+                Some(h) => h.fd(),
                 None => {
                     let flags = libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-                    let f = if cname.is_empty() {
+                    std::sync::Arc::new(if cname.is_empty() {
                         sys::fs::reopen(dfd.as_fd(), flags)?
                     } else {
                         sys::fs::openat(dfd.as_fd(), cname, flags, 0)?
-                    };
-                    sys::io::ftruncate(f.as_fd(), size)?;
+                    })
                 }
-            }
+            };
+            // Growth by truncation makes a hole: nothing to reserve.
+            self.quota_measure(
+                &node,
+                f.as_fd(),
+                |_, _| 0,
+                || sys::io::ftruncate(f.as_fd(), size),
+            )?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
             sys::fs::utimensat(

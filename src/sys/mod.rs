@@ -11,6 +11,7 @@ pub mod handle;
 pub mod io;
 pub mod mount;
 pub mod process;
+pub mod socket;
 pub mod xattr;
 
 pub use errno::Errno;
