@@ -608,10 +608,11 @@ mod tests {
         assert_eq!(std::mem::size_of::<Stack>(), 16);
         assert_eq!(std::mem::size_of::<Lowers>(), 32);
         assert_eq!(std::mem::size_of::<MaybeIdent>(), 16);
-        // 136 bytes with the reference counts: a 144-byte malloc chunk
-        // (glibc: the request plus 8, in steps of 16).
+        // 144 bytes with the reference counts: a 160-byte malloc chunk
+        // (glibc: the request plus 8, in steps of 16). The lower-layer
+        // generation of live layer changes (`layers_gen`) took it from 120.
         assert!(
-            std::mem::size_of::<Node>() <= 120,
+            std::mem::size_of::<Node>() <= 128,
             "{}",
             std::mem::size_of::<Node>()
         );
