@@ -92,6 +92,7 @@ pub fn hex(v: &[u8]) -> Vec<u8> {
 }
 
 impl Origin {
+    #[cfg(test)]
     pub fn handle(&self) -> FileHandle {
         FileHandle {
             handle_type: self.fid_type as i32,

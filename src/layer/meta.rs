@@ -3,7 +3,7 @@
 //! Attributes travel in the user's view: overlay markers (`trusted.overlay.*`,
 //! `user.overlay.*`) never enter an archive, and user attributes stored
 //! escaped as `...overlay.overlay.X` enter it as `...overlay.X`; extraction
-//! escapes them again ([`ovl_xattr::to_stored`]), so a layer written from a
+//! escapes them again (`ovl_xattr::to_stored`), so a layer written from a
 //! rootful upper reads the same in a rootless one and the reverse.
 
 use std::ffi::{CStr, CString};

@@ -409,12 +409,6 @@ pub fn dup(fd: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     fd.try_clone_to_owned().map_err(super::Errno::from)
 }
 
-/// Checks that a descriptor is still open (used by tests of fd accounting).
-pub fn is_open(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads descriptor flags.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
-}
-
 /// Number of descriptors this process has open (counts /proc/self/fd).
 pub fn open_fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
