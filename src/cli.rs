@@ -187,3 +187,15 @@ impl Cli {
         })
     }
 }
+
+/// A clap error as one line (its first paragraph, without the `error: `
+/// prefix): plyfs reports every input error on one line.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    msg.join(" ").trim_start_matches("error: ").to_string()
+}

@@ -21,17 +21,7 @@ fn main() {
         }
         Err(e) => {
             // One line, like every other input error, and exit code 1.
-            let text = e.to_string();
-            let msg: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let msg = msg.join(" ");
-            eprintln!(
-                "plyfs: {} (see plyfs --help)",
-                msg.trim_start_matches("error: ")
-            );
+            eprintln!("plyfs: {} (see plyfs --help)", plyfs::cli::one_line(&e));
             std::process::exit(1);
         }
     };

@@ -110,15 +110,9 @@ pub fn main(args: Vec<OsString>) -> i32 {
         }
         Err(e) => {
             // One line, like the mount command's errors.
-            let text = e.to_string();
-            let msg: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
             eprintln!(
                 "plyfs: {} (see plyfs COMMAND --help)",
-                msg.join(" ").trim_start_matches("error: ")
+                crate::cli::one_line(&e)
             );
             return 1;
         }
