@@ -30,7 +30,7 @@ use crate::lower::LowerObj;
 use crate::names::Name;
 use crate::node::Node;
 use crate::ovl_xattr::{self, Prefix};
-use crate::resolve::{Found, Target, Walk, parse_redirect};
+use crate::resolve::{Found, Place, Target, parse_redirect};
 use crate::sys::{self, Errno, fs::Stat};
 use crate::whiteout;
 
@@ -299,24 +299,10 @@ impl Plyfs {
             }
             let lo = positions[i].clone();
             i += 1;
-            let (pobj, last) = match target.clone() {
-                Target::Name(n) => (lo, Name::new(&n)?),
-                Target::Abs(comps) => {
-                    let Some((last, dirs)) = comps.split_last() else {
-                        break;
-                    };
-                    match self.walk_lower(&lo, dirs)? {
-                        Walk::Dir(p, _, below) => {
-                            if let Some(mut b) = below {
-                                b.push(last.clone());
-                                target = Target::Abs(b);
-                            }
-                            (p, Name::new(last)?)
-                        }
-                        Walk::Missing => continue,
-                        Walk::Cut => break,
-                    }
-                }
+            let (pobj, last) = match self.target_place(lo, &mut target)? {
+                Place::At(p, last, _) => (p, last),
+                Place::Missing => continue,
+                Place::Cut => break,
             };
             let pfd = pobj.dir_fd()?;
             let st = match sys::fs::lstatat(pfd.as_fd(), last.as_cstr()) {

@@ -335,26 +335,13 @@ impl Plyfs {
         while i < positions.len() && !stop {
             let lo = positions[i].clone();
             i += 1;
-            let (pobj, last) = match &target {
-                Target::Name(n) => (lo, Name::new(n)?),
-                Target::Abs(comps) => {
-                    let Some((last, dirs_path)) = comps.split_last() else {
-                        break;
-                    };
-                    match self.walk_lower(&lo, dirs_path)? {
-                        Walk::Dir(p, last_layer, below) => {
-                            stop = last_layer;
-                            let last = Name::new(last)?;
-                            if let Some(mut b) = below {
-                                b.push(last.as_bytes().to_vec());
-                                target = Target::Abs(b);
-                            }
-                            (p, last)
-                        }
-                        Walk::Missing => continue,
-                        Walk::Cut => break,
-                    }
+            let (pobj, last) = match self.target_place(lo, &mut target)? {
+                Place::At(p, last, last_layer) => {
+                    stop = last_layer;
+                    (p, last)
                 }
+                Place::Missing => continue,
+                Place::Cut => break,
             };
             let pfd = pobj.dir_fd()?;
             let st = match sys::fs::lstatat(pfd.as_fd(), last.as_cstr()) {
@@ -438,6 +425,30 @@ impl Plyfs {
     /// search, an opaque directory lets this layer answer but no layer below,
     /// and a redirect on a directory on the way changes the path the layers
     /// below are searched for.
+    /// Finds `target` in the lower position `lo`: a name in that directory,
+    /// or an absolute path walked from that layer's root. A redirect on the
+    /// way rewrites `target` for the positions below.
+    pub(crate) fn target_place(&self, lo: Arc<LowerObj>, target: &mut Target) -> Result<Place> {
+        let (last, dirs) = match &*target {
+            Target::Name(n) => return Ok(Place::At(lo, Name::new(n)?, false)),
+            Target::Abs(comps) => match comps.split_last() {
+                Some((last, dirs)) => (Name::new(last)?, dirs.to_vec()),
+                None => return Ok(Place::Cut),
+            },
+        };
+        Ok(match self.walk_lower(&lo, &dirs)? {
+            Walk::Dir(p, last_layer, below) => {
+                if let Some(mut b) = below {
+                    b.push(last.as_bytes().to_vec());
+                    *target = Target::Abs(b);
+                }
+                Place::At(p, last, last_layer)
+            }
+            Walk::Missing => Place::Missing,
+            Walk::Cut => Place::Cut,
+        })
+    }
+
     pub(crate) fn walk_lower(&self, root: &Arc<LowerObj>, comps: &[Vec<u8>]) -> Result<Walk> {
         let mut cur = root.clone();
         let mut last_layer = false;
@@ -610,6 +621,20 @@ impl Plyfs {
 }
 
 /// Where walking a redirect path down one lower layer ended.
+/// Where a lookup target is in one lower position (see
+/// [`Plyfs::target_place`]). Returned by value and taken apart at once:
+/// boxing the name would cost an allocation per layer of a lookup.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Place {
+    /// The directory holding the target's last name there, that name, and
+    /// whether an opaque directory on the way hides the layers below.
+    At(Arc<LowerObj>, Name, bool),
+    /// The layers below may still have it.
+    Missing,
+    /// Cut off for every layer below.
+    Cut,
+}
+
 pub(crate) enum Walk {
     /// At the directory holding the last component; `true` when an opaque
     /// directory on the way hides the layers below; the directories' path
